@@ -1,0 +1,248 @@
+//! The runtime driver boundary: what the service layer asks of whatever runs machines.
+//!
+//! A driver owns a machine's *sandbox*: its root filesystem, cgroup, namespaces and the
+//! `hangar init` process that lives in it. The sandbox outlives the machine's own
+//! process: a stopped machine keeps its sandbox so that `start` only spawns a process.
+//! Sandboxes also outlive the daemon; a restarted daemon finds them with
+//! [`Driver::list`] and [`Driver::observe`].
+//!
+//! Drivers know nothing of apps, leases or HTTP; the service layer knows nothing of
+//! namespaces or mounts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::broadcast;
+
+use crate::ids::MachineId;
+
+/// Everything needed to build a machine's sandbox.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SandboxSpec {
+    pub machine_id: MachineId,
+    /// Read-only image layers, lowest first (the order OCI lists them).
+    pub layers: Vec<PathBuf>,
+    pub resources: Resources,
+}
+
+/// The machine's share of the host, from `config.guest`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Resources {
+    pub cpus: u32,
+    pub memory_mb: u64,
+    /// Upper bound on tasks (processes and threads) in the machine.
+    pub pids_max: u64,
+}
+
+impl Default for Resources {
+    fn default() -> Self {
+        Resources {
+            cpus: 1,
+            memory_mb: 256,
+            pids_max: 4096,
+        }
+    }
+}
+
+/// The machine's main process.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProcessSpec {
+    pub argv: Vec<String>,
+    /// `KEY=value` pairs, already merged from the image and the machine config.
+    pub env: Vec<String>,
+    /// Working directory inside the machine; `/` when empty.
+    pub cwd: String,
+    /// `user`, `uid`, `user:group` or `uid:gid`; root when empty.
+    pub user: String,
+    /// Files written into the machine before the process starts.
+    pub files: Vec<GuestFile>,
+}
+
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GuestFile {
+    pub path: String,
+    pub contents: Vec<u8>,
+    pub mode: u32,
+}
+
+impl std::fmt::Debug for GuestFile {
+    // File contents may be secrets: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestFile")
+            .field("path", &self.path)
+            .field("len", &self.contents.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
+/// A command run beside the main process (`exec`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ExecSpec {
+    pub argv: Vec<String>,
+    /// Extra `KEY=value` pairs on top of the main process's environment.
+    pub env: Vec<String>,
+    pub cwd: String,
+    pub user: String,
+    pub stdin: Vec<u8>,
+    /// The command is killed (SIGKILL, with its process group) after this long.
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// How the command ended.
+    pub status: ExitStatus,
+    /// The command was killed because it ran past its timeout.
+    pub timed_out: bool,
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitStatus {
+    /// Exit code if it exited, `128 + signal` if a signal ended it.
+    pub code: i32,
+    /// The signal that ended it, if one did.
+    pub signal: Option<i32>,
+    /// The kernel's OOM killer ended it.
+    pub oom_killed: bool,
+}
+
+impl ExitStatus {
+    pub fn success(&self) -> bool {
+        self.code == 0 && self.signal.is_none()
+    }
+}
+
+/// What a driver sees of a machine on the host right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Observed {
+    /// No sandbox: never created, destroyed, or lost with a host reboot.
+    Absent,
+    /// The sandbox exists and no main process runs.
+    Idle { last_exit: Option<ExitStatus> },
+    /// The main process runs.
+    Running { pid: u32 },
+    /// The machine's processes are frozen (suspended).
+    Frozen,
+}
+
+/// What a driver reports on its own, as it happens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DriverEvent {
+    /// The machine's main process ended (by itself, by a signal, or killed by a stop).
+    Exited {
+        machine_id: MachineId,
+        status: ExitStatus,
+    },
+}
+
+/// One process inside a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProcessInfo {
+    pub pid: i64,
+    pub command: String,
+    pub cwd: String,
+    pub rss_bytes: u64,
+    pub utime_ticks: u64,
+    pub stime_ticks: u64,
+    pub listen_sockets: Vec<(String, String)>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DriverError {
+    #[error("no sandbox for machine {0}")]
+    NotFound(MachineId),
+    #[error("machine {0} has no running process")]
+    NotRunning(MachineId),
+    #[error("machine {0} is already running a process")]
+    AlreadyRunning(MachineId),
+    #[error("command not runnable: {0}")]
+    InvalidCommand(String),
+    #[error("the host does not support this: {0}")]
+    Unsupported(String),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl DriverError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        DriverError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+/// What runs machines. Every method is idempotent where it makes sense: `create` of an
+/// existing sandbox, `destroy` of an absent one and `stop` of an idle one succeed.
+#[async_trait]
+pub trait Driver: Send + Sync + 'static {
+    /// A short name for logs and metrics (`sandbox`, `fake`).
+    fn name(&self) -> &'static str;
+
+    /// Builds the sandbox with no main process running.
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), DriverError>;
+
+    /// Starts the main process; returns once it has been executed (or failed to be).
+    async fn start(&self, id: &MachineId, process: &ProcessSpec) -> Result<(), DriverError>;
+
+    /// Sends `signal` to the main process, waits up to `timeout` for it to end, then
+    /// kills every process in the machine. Returns how the main process ended, or
+    /// `None` when nothing was running.
+    async fn stop(
+        &self,
+        id: &MachineId,
+        signal: i32,
+        timeout: Duration,
+    ) -> Result<Option<ExitStatus>, DriverError>;
+
+    /// Sends a signal to the main process.
+    async fn signal(&self, id: &MachineId, signal: i32) -> Result<(), DriverError>;
+
+    /// Runs a command in the machine beside the main process and collects its output.
+    async fn exec(&self, id: &MachineId, exec: &ExecSpec) -> Result<ExecOutput, DriverError>;
+
+    /// Lists the processes in the machine.
+    async fn ps(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, DriverError>;
+
+    /// Freezes every process in the machine, memory kept.
+    async fn suspend(&self, id: &MachineId) -> Result<(), DriverError>;
+
+    /// Thaws a suspended machine.
+    async fn resume(&self, id: &MachineId) -> Result<(), DriverError>;
+
+    /// Changes the cgroup limits of an existing sandbox.
+    async fn update_resources(
+        &self,
+        id: &MachineId,
+        resources: Resources,
+    ) -> Result<(), DriverError>;
+
+    /// Removes the sandbox and everything it holds (processes, mounts, cgroup, the
+    /// writable layer).
+    async fn destroy(&self, id: &MachineId) -> Result<(), DriverError>;
+
+    /// What is on the host for this machine now.
+    async fn observe(&self, id: &MachineId) -> Result<Observed, DriverError>;
+
+    /// Every sandbox this driver has on the host, so a restarted daemon can adopt them
+    /// and remove the ones no machine owns.
+    async fn list(&self) -> Result<Vec<MachineId>, DriverError>;
+
+    /// Events as they happen, for every machine of this driver.
+    fn subscribe(&self) -> broadcast::Receiver<DriverEvent>;
+
+    /// The machine's log file: JSON lines of [`hangar_types::LogLine`].
+    fn log_path(&self, id: &MachineId) -> PathBuf;
+}

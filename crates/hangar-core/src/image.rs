@@ -1,0 +1,142 @@
+//! The image store boundary: turning an image reference into unpacked layers.
+//!
+//! The store is content addressed: a layer used by many images is on disk once. The
+//! service layer asks it for an image by reference and gets back the layer directories
+//! (lowest first) and the image's config, which become a machine's defaults.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+/// The parts of an OCI image config hangar applies to machines.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageConfig {
+    pub entrypoint: Vec<String>,
+    pub cmd: Vec<String>,
+    /// `KEY=value` pairs.
+    pub env: Vec<String>,
+    pub working_dir: String,
+    pub user: String,
+    /// `8080/tcp`, ...
+    pub exposed_ports: Vec<String>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where an image came from, as `image_ref` reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageSource {
+    pub registry: String,
+    pub repository: String,
+    pub tag: String,
+    /// `sha256:...` of the manifest (or of the imported content).
+    pub digest: String,
+}
+
+/// An image ready to run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Image {
+    /// The reference it was asked for by, normalised.
+    pub reference: String,
+    pub source: ImageSource,
+    /// Unpacked layer directories, lowest first.
+    pub layers: Vec<PathBuf>,
+    pub config: ImageConfig,
+    /// Bytes on disk of all layers.
+    pub size: u64,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// Progress of a pull, reported per layer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PullProgress {
+    Resolved {
+        reference: String,
+        layers: usize,
+        total_bytes: u64,
+    },
+    Layer {
+        digest: String,
+        done_bytes: u64,
+        total_bytes: u64,
+    },
+    LayerDone {
+        digest: String,
+        cached: bool,
+    },
+    Done {
+        digest: String,
+    },
+}
+
+pub type ProgressFn = Box<dyn Fn(PullProgress) + Send + Sync>;
+
+/// Bytes of a tar stream being imported.
+pub type TarStream = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("no image {reference:?}")]
+    NotFound { reference: String },
+    #[error("{0:?} is not a valid image reference")]
+    InvalidReference(String),
+    #[error("registry {registry} refused the credentials")]
+    Unauthorized { registry: String },
+    #[error("registry {registry} cannot be reached: {reason}")]
+    Unreachable { registry: String, reason: String },
+    #[error("digest mismatch for {digest}: got {actual}")]
+    DigestMismatch { digest: String, actual: String },
+    #[error("image {reference:?} has no linux/amd64 variant")]
+    NoMatchingPlatform { reference: String },
+    #[error("archive entry {entry:?} rejected: {reason}")]
+    UnsafeEntry { entry: String, reason: String },
+    #[error("image {reference:?} is used by {users}")]
+    InUse { reference: String, users: String },
+    #[error("bad archive: {0}")]
+    BadArchive(String),
+    #[error("{context}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Other(String),
+}
+
+impl ImageError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        ImageError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+}
+
+#[async_trait]
+pub trait ImageStore: Send + Sync + 'static {
+    /// The image known locally under `reference` (a tag or a digest), pulling it from
+    /// its registry first when it is not present and pulling is possible.
+    async fn resolve(
+        &self,
+        reference: &str,
+        progress: Option<ProgressFn>,
+    ) -> Result<Image, ImageError>;
+
+    /// Imports a tar stream under `reference`: a root filesystem tar, a `docker save`
+    /// archive or an OCI image layout archive, detected from its contents.
+    async fn import(&self, reference: &str, tar: TarStream) -> Result<Image, ImageError>;
+
+    /// Images known locally.
+    async fn list(&self) -> Result<Vec<Image>, ImageError>;
+
+    /// Forgets the reference; its layers stay until [`ImageStore::prune`].
+    async fn remove(&self, reference: &str) -> Result<(), ImageError>;
+
+    /// Removes layers that no image references and that are not in `keep`
+    /// (layers machines or checkpoints still use). Returns bytes freed.
+    async fn prune(&self, keep: &[PathBuf]) -> Result<u64, ImageError>;
+}

@@ -1,0 +1,125 @@
+//! The error body every endpoint returns, and the stable codes robots match on.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// `{"error": "<sentence saying what to do>", "code": "<stable_snake_case>"}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorResponse {
+    /// A sentence naming what was wrong and what to do instead.
+    pub error: String,
+    /// A stable, snake_case code; see [`ErrorCode`].
+    pub code: String,
+}
+
+/// Stable error codes. Their string forms are part of the API contract.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorCode {
+    /// The request body or a parameter is malformed (400).
+    BadRequest,
+    /// No or an invalid bearer token (401).
+    Unauthorized,
+    /// The token does not allow this (403).
+    Forbidden,
+    /// Generic not found (404).
+    NotFound,
+    AppNotFound,
+    AppExists,
+    AppNotEmpty,
+    MachineNotFound,
+    MachineExists,
+    ImageNotFound,
+    /// The machine config is not acceptable (422).
+    InvalidConfig,
+    /// The machine is in a state that does not allow the operation (409).
+    InvalidState,
+    /// The machine's lease is held by someone else (409).
+    LeaseHeld,
+    /// The lease nonce given does not match the current lease (412).
+    LeaseMismatch,
+    LeaseNotFound,
+    /// The request body is larger than allowed (413).
+    PayloadTooLarge,
+    /// A `wait` or an exec ran out of time (408).
+    Timeout,
+    /// Our own fault (500).
+    Internal,
+    /// A backend (runtime, image store) is not available (503).
+    Unavailable,
+}
+
+impl ErrorCode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::BadRequest => "bad_request",
+            ErrorCode::Unauthorized => "unauthorized",
+            ErrorCode::Forbidden => "forbidden",
+            ErrorCode::NotFound => "not_found",
+            ErrorCode::AppNotFound => "app_not_found",
+            ErrorCode::AppExists => "app_exists",
+            ErrorCode::AppNotEmpty => "app_not_empty",
+            ErrorCode::MachineNotFound => "machine_not_found",
+            ErrorCode::MachineExists => "machine_exists",
+            ErrorCode::ImageNotFound => "image_not_found",
+            ErrorCode::InvalidConfig => "invalid_config",
+            ErrorCode::InvalidState => "invalid_state",
+            ErrorCode::LeaseHeld => "lease_held",
+            ErrorCode::LeaseMismatch => "lease_mismatch",
+            ErrorCode::LeaseNotFound => "lease_not_found",
+            ErrorCode::PayloadTooLarge => "payload_too_large",
+            ErrorCode::Timeout => "timeout",
+            ErrorCode::Internal => "internal",
+            ErrorCode::Unavailable => "unavailable",
+        }
+    }
+
+    /// The HTTP status this code is served with.
+    pub fn http_status(self) -> u16 {
+        match self {
+            ErrorCode::BadRequest => 400,
+            ErrorCode::Unauthorized => 401,
+            ErrorCode::Forbidden => 403,
+            ErrorCode::NotFound
+            | ErrorCode::AppNotFound
+            | ErrorCode::MachineNotFound
+            | ErrorCode::ImageNotFound
+            | ErrorCode::LeaseNotFound => 404,
+            ErrorCode::Timeout => 408,
+            ErrorCode::AppExists
+            | ErrorCode::AppNotEmpty
+            | ErrorCode::MachineExists
+            | ErrorCode::InvalidState
+            | ErrorCode::LeaseHeld => 409,
+            ErrorCode::LeaseMismatch => 412,
+            ErrorCode::PayloadTooLarge => 413,
+            ErrorCode::InvalidConfig => 422,
+            ErrorCode::Internal => 500,
+            ErrorCode::Unavailable => 503,
+        }
+    }
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn code_strings_match_serde() {
+        for code in [
+            ErrorCode::ImageNotFound,
+            ErrorCode::InvalidConfig,
+            ErrorCode::LeaseMismatch,
+            ErrorCode::PayloadTooLarge,
+        ] {
+            let json = serde_json::to_string(&code).unwrap();
+            assert_eq!(json, format!("\"{}\"", code.as_str()));
+        }
+    }
+}

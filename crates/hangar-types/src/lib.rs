@@ -1,0 +1,12 @@
+//! Wire types of hangar's REST API.
+//!
+//! Field names, shapes and states follow the Fly Machines API v1 so that clients
+//! written for Fly work unchanged; hangar's own additions sit beside them. This crate
+//! owns serialization only: it holds no behaviour and must not depend on any other
+//! hangar crate. The CLI, the client, the API and the MCP server all share it.
+
+pub mod error;
+pub mod machine;
+
+pub use error::{ErrorCode, ErrorResponse};
+pub use machine::*;
