@@ -14,3 +14,12 @@ pub mod state;
 
 pub use error::{Error, Result};
 pub use ids::MachineId;
+pub mod config;
+pub mod model;
+pub mod service;
+pub mod store;
+
+pub use service::Service;
+
+/// The one region a single hangar host reports.
+pub const REGION: &str = "local";

@@ -1,1 +1,407 @@
-//! placeholder
+//! hangar's persistent state in SQLite: apps, machines, events.
+//!
+//! Implements [`hangar_core::store::Store`] and nothing else: no lifecycle rules live
+//! here. The database runs in WAL mode, so a daemon killed at any instant finds every
+//! committed write on restart.
+
+use std::path::Path;
+use std::str::FromStr;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use hangar_core::MachineId;
+use hangar_core::model::{AppRecord, EventRecord, MachineRecord};
+use hangar_core::state::MachineState;
+use hangar_core::store::{Store, StoreError, StoreResult};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
+};
+use sqlx::{Row, SqlitePool};
+
+pub struct SqliteStore {
+    pool: SqlitePool,
+}
+
+impl SqliteStore {
+    /// Opens (creating if needed) the database at `path` and applies migrations.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Normal)
+            .busy_timeout(std::time::Duration::from_secs(10))
+            .foreign_keys(true);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(options)
+            .await
+            .map_err(backend)?;
+        sqlx::migrate!("./migrations")
+            .run(&pool)
+            .await
+            .map_err(|e| StoreError::Backend(e.to_string()))?;
+        Ok(SqliteStore { pool })
+    }
+}
+
+fn backend(err: sqlx::Error) -> StoreError {
+    match &err {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict,
+        _ => StoreError::Backend(err.to_string()),
+    }
+}
+
+fn json_err(err: serde_json::Error) -> StoreError {
+    StoreError::Backend(format!("corrupt JSON column: {err}"))
+}
+
+fn nanos(t: DateTime<Utc>) -> i64 {
+    t.timestamp_nanos_opt().unwrap_or(i64::MAX)
+}
+
+fn time(n: i64) -> DateTime<Utc> {
+    DateTime::from_timestamp_nanos(n)
+}
+
+fn app_from_row(row: &SqliteRow) -> StoreResult<AppRecord> {
+    Ok(AppRecord {
+        id: row.try_get("id").map_err(backend)?,
+        name: row.try_get("name").map_err(backend)?,
+        org_slug: row.try_get("org_slug").map_err(backend)?,
+        created_at: time(row.try_get("created_at").map_err(backend)?),
+    })
+}
+
+fn machine_from_row(row: &SqliteRow) -> StoreResult<MachineRecord> {
+    let get = |col: &str| -> StoreResult<String> { row.try_get::<String, _>(col).map_err(backend) };
+    let id = get("id")?;
+    let lease: Option<String> = row.try_get("lease").map_err(backend)?;
+    Ok(MachineRecord {
+        id: MachineId::parse(&id)
+            .ok_or_else(|| StoreError::Backend(format!("bad machine id {id:?}")))?,
+        app: get("app")?,
+        name: get("name")?,
+        state: MachineState::from_str(&get("state")?).map_err(StoreError::Backend)?,
+        instance_id: get("instance_id")?,
+        private_ip: get("private_ip")?,
+        config: serde_json::from_str(&get("config")?).map_err(json_err)?,
+        image_ref: serde_json::from_str(&get("image_ref")?).map_err(json_err)?,
+        image: serde_json::from_str(&get("image")?).map_err(json_err)?,
+        lease: lease
+            .map(|l| serde_json::from_str(&l))
+            .transpose()
+            .map_err(json_err)?,
+        restart_count: row.try_get::<i64, _>("restart_count").map_err(backend)? as u32,
+        created_at: time(row.try_get("created_at").map_err(backend)?),
+        updated_at: time(row.try_get("updated_at").map_err(backend)?),
+    })
+}
+
+struct MachineColumns {
+    config: String,
+    image_ref: String,
+    image: String,
+    lease: Option<String>,
+}
+
+fn machine_columns(m: &MachineRecord) -> StoreResult<MachineColumns> {
+    Ok(MachineColumns {
+        config: serde_json::to_string(&m.config).map_err(json_err)?,
+        image_ref: serde_json::to_string(&m.image_ref).map_err(json_err)?,
+        image: serde_json::to_string(&m.image).map_err(json_err)?,
+        lease: m
+            .lease
+            .as_ref()
+            .map(serde_json::to_string)
+            .transpose()
+            .map_err(json_err)?,
+    })
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn insert_app(&self, app: &AppRecord) -> StoreResult<()> {
+        sqlx::query("INSERT INTO apps (id, name, org_slug, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&app.id)
+            .bind(&app.name)
+            .bind(&app.org_slug)
+            .bind(nanos(app.created_at))
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_app(&self, name: &str) -> StoreResult<Option<AppRecord>> {
+        let row = sqlx::query("SELECT * FROM apps WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(app_from_row).transpose()
+    }
+
+    async fn list_apps(&self, org_slug: Option<&str>) -> StoreResult<Vec<AppRecord>> {
+        let rows =
+            sqlx::query("SELECT * FROM apps WHERE ?1 IS NULL OR org_slug = ?1 ORDER BY name")
+                .bind(org_slug)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter().map(app_from_row).collect()
+    }
+
+    async fn delete_app(&self, name: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM apps WHERE name = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn insert_machine(&self, m: &MachineRecord) -> StoreResult<()> {
+        let c = machine_columns(m)?;
+        sqlx::query(
+            "INSERT INTO machines (id, app, name, state, instance_id, private_ip, config, image_ref, image, lease, restart_count, created_at, updated_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(m.id.as_str())
+        .bind(&m.app)
+        .bind(&m.name)
+        .bind(m.state.as_str())
+        .bind(&m.instance_id)
+        .bind(&m.private_ip)
+        .bind(c.config)
+        .bind(c.image_ref)
+        .bind(c.image)
+        .bind(c.lease)
+        .bind(i64::from(m.restart_count))
+        .bind(nanos(m.created_at))
+        .bind(nanos(m.updated_at))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn update_machine(&self, m: &MachineRecord) -> StoreResult<()> {
+        let c = machine_columns(m)?;
+        sqlx::query(
+            "UPDATE machines SET name = ?, state = ?, instance_id = ?, private_ip = ?, config = ?, image_ref = ?,
+             image = ?, lease = ?, restart_count = ?, updated_at = ? WHERE id = ?",
+        )
+        .bind(&m.name)
+        .bind(m.state.as_str())
+        .bind(&m.instance_id)
+        .bind(&m.private_ip)
+        .bind(c.config)
+        .bind(c.image_ref)
+        .bind(c.image)
+        .bind(c.lease)
+        .bind(i64::from(m.restart_count))
+        .bind(nanos(m.updated_at))
+        .bind(m.id.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_machine(&self, id: &MachineId) -> StoreResult<Option<MachineRecord>> {
+        let row = sqlx::query("SELECT * FROM machines WHERE id = ?")
+            .bind(id.as_str())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(machine_from_row).transpose()
+    }
+
+    async fn list_machines(
+        &self,
+        app: Option<&str>,
+        include_destroyed: bool,
+    ) -> StoreResult<Vec<MachineRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM machines WHERE (?1 IS NULL OR app = ?1) AND (?2 OR state != 'destroyed') ORDER BY created_at",
+        )
+        .bind(app)
+        .bind(include_destroyed)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(machine_from_row).collect()
+    }
+
+    async fn delete_machine(&self, id: &MachineId) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("DELETE FROM events WHERE machine_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM machines WHERE id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn insert_event(&self, e: &EventRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO events (id, machine_id, kind, status, source, timestamp, request) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&e.id)
+        .bind(e.machine_id.as_str())
+        .bind(&e.kind)
+        .bind(&e.status)
+        .bind(&e.source)
+        .bind(e.timestamp.timestamp_millis())
+        .bind(serde_json::to_string(&e.request).map_err(json_err)?)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_events(&self, id: &MachineId, limit: u32) -> StoreResult<Vec<EventRecord>> {
+        let rows =
+            sqlx::query("SELECT * FROM events WHERE machine_id = ? ORDER BY seq DESC LIMIT ?")
+                .bind(id.as_str())
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter()
+            .map(|row| {
+                let request: String = row.try_get("request").map_err(backend)?;
+                Ok(EventRecord {
+                    id: row.try_get("id").map_err(backend)?,
+                    machine_id: id.clone(),
+                    kind: row.try_get("kind").map_err(backend)?,
+                    status: row.try_get("status").map_err(backend)?,
+                    source: row.try_get("source").map_err(backend)?,
+                    timestamp: DateTime::from_timestamp_millis(
+                        row.try_get("timestamp").map_err(backend)?,
+                    )
+                    .unwrap_or_default(),
+                    request: serde_json::from_str(&request).map_err(json_err)?,
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_core::ids::instance_id;
+    use hangar_core::model::MachineImage;
+
+    fn machine(app: &str, name: &str) -> MachineRecord {
+        let now = Utc::now();
+        MachineRecord {
+            id: MachineId::generate(),
+            app: app.into(),
+            name: name.into(),
+            state: MachineState::Created,
+            instance_id: instance_id(),
+            private_ip: String::new(),
+            config: serde_json::from_value(
+                serde_json::json!({"image": "busybox", "services": [{"internal_port": 80}]}),
+            )
+            .unwrap(),
+            image_ref: Default::default(),
+            image: MachineImage::default(),
+            lease: None,
+            restart_count: 0,
+            created_at: now,
+            updated_at: now,
+        }
+    }
+
+    async fn store() -> (tempfile::TempDir, SqliteStore) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(&dir.path().join("hangar.db"))
+            .await
+            .unwrap();
+        store
+            .insert_app(&AppRecord {
+                id: "1".into(),
+                name: "app".into(),
+                org_slug: "personal".into(),
+                created_at: Utc::now(),
+            })
+            .await
+            .unwrap();
+        (dir, store)
+    }
+
+    #[tokio::test]
+    async fn machines_round_trip_exactly() {
+        let (_dir, store) = store().await;
+        let m = machine("app", "one");
+        store.insert_machine(&m).await.unwrap();
+        assert_eq!(store.get_machine(&m.id).await.unwrap(), Some(m.clone()));
+        let mut changed = m.clone();
+        changed.state = MachineState::Starting;
+        changed.updated_at = Utc::now();
+        store.update_machine(&changed).await.unwrap();
+        assert_eq!(store.get_machine(&m.id).await.unwrap(), Some(changed));
+    }
+
+    #[tokio::test]
+    async fn names_are_unique_among_live_machines() {
+        let (_dir, store) = store().await;
+        let mut first = machine("app", "dup");
+        store.insert_machine(&first).await.unwrap();
+        assert!(matches!(
+            store.insert_machine(&machine("app", "dup")).await,
+            Err(StoreError::Conflict)
+        ));
+        first.state = MachineState::Destroyed;
+        store.update_machine(&first).await.unwrap();
+        store.insert_machine(&machine("app", "dup")).await.unwrap();
+        assert_eq!(
+            store.list_machines(Some("app"), false).await.unwrap().len(),
+            1
+        );
+        assert_eq!(
+            store.list_machines(Some("app"), true).await.unwrap().len(),
+            2
+        );
+    }
+
+    #[tokio::test]
+    async fn reopening_keeps_data() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hangar.db");
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store
+                .insert_app(&AppRecord {
+                    id: "1".into(),
+                    name: "keep".into(),
+                    org_slug: "o".into(),
+                    created_at: Utc::now(),
+                })
+                .await
+                .unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert!(store.get_app("keep").await.unwrap().is_some());
+        assert!(matches!(
+            store
+                .insert_app(&AppRecord {
+                    id: "2".into(),
+                    name: "keep".into(),
+                    org_slug: "o".into(),
+                    created_at: Utc::now()
+                })
+                .await,
+            Err(StoreError::Conflict)
+        ));
+    }
+}

@@ -39,6 +39,8 @@ pub enum ErrorCode {
     /// The lease nonce given does not match the current lease (412).
     LeaseMismatch,
     LeaseNotFound,
+    /// `current_version` does not match the machine's `instance_id` (412).
+    VersionMismatch,
     /// The request body is larger than allowed (413).
     PayloadTooLarge,
     /// A `wait` or an exec ran out of time (408).
@@ -67,6 +69,7 @@ impl ErrorCode {
             ErrorCode::LeaseHeld => "lease_held",
             ErrorCode::LeaseMismatch => "lease_mismatch",
             ErrorCode::LeaseNotFound => "lease_not_found",
+            ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
@@ -91,7 +94,7 @@ impl ErrorCode {
             | ErrorCode::MachineExists
             | ErrorCode::InvalidState
             | ErrorCode::LeaseHeld => 409,
-            ErrorCode::LeaseMismatch => 412,
+            ErrorCode::LeaseMismatch | ErrorCode::VersionMismatch => 412,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InvalidConfig => 422,
             ErrorCode::Internal => 500,

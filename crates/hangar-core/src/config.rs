@@ -1,0 +1,433 @@
+//! Validating a machine config and turning it, with its image, into what the driver runs.
+//!
+//! Every rejection names the field and what is allowed, because robots read them.
+
+use std::collections::BTreeMap;
+
+use hangar_types::{MachineConfig, MachineGuest};
+
+use crate::driver::{GuestFile, ProcessSpec, Resources};
+use crate::error::{Error, Result};
+use crate::image::ImageConfig;
+
+pub const RESTART_POLICIES: [&str; 3] = ["no", "always", "on-failure"];
+pub const MAX_CPUS: i64 = 64;
+pub const MIN_MEMORY_MB: i64 = 16;
+pub const MAX_MEMORY_MB: i64 = 1024 * 1024;
+const MAX_FILES_BYTES: usize = 8 * 1024 * 1024;
+
+/// Checks a config before anything is created for it.
+pub fn validate(config: &MachineConfig) -> Result<()> {
+    if config.image.trim().is_empty() {
+        return Err(Error::invalid_config(
+            "config.image is required: name an image such as \"busybox:latest\"",
+        ));
+    }
+    if let Some(guest) = &config.guest {
+        validate_guest(guest)?;
+    }
+    if let Some(restart) = &config.restart {
+        if let Some(policy) = &restart.policy {
+            if !RESTART_POLICIES.contains(&policy.as_str()) {
+                return Err(Error::invalid_config(format!(
+                    "config.restart.policy {policy:?} is not known: use \"no\", \"always\" or \"on-failure\""
+                )));
+            }
+        }
+        if restart.max_retries.is_some_and(|n| n < 0) {
+            return Err(Error::invalid_config(
+                "config.restart.max_retries must be 0 or more",
+            ));
+        }
+    }
+    for key in config.env.keys() {
+        if key.is_empty() || key.contains('=') || key.contains('\0') {
+            return Err(Error::invalid_config(format!(
+                "config.env key {key:?} is not a valid variable name: it must be non-empty without '=' or NUL"
+            )));
+        }
+    }
+    if let Some(init) = &config.init {
+        for (field, argv) in [
+            ("exec", &init.exec),
+            ("entrypoint", &init.entrypoint),
+            ("cmd", &init.cmd),
+        ] {
+            if argv.iter().flatten().any(|arg| arg.contains('\0')) {
+                return Err(Error::invalid_config(format!(
+                    "config.init.{field} contains a NUL byte"
+                )));
+            }
+        }
+    }
+    guest_files(config)?;
+    Ok(())
+}
+
+fn validate_guest(guest: &MachineGuest) -> Result<()> {
+    if !(1..=MAX_CPUS).contains(&guest.cpus) {
+        return Err(Error::invalid_config(format!(
+            "config.guest.cpus is {}: use a whole number from 1 to {MAX_CPUS}",
+            guest.cpus
+        )));
+    }
+    if !(MIN_MEMORY_MB..=MAX_MEMORY_MB).contains(&guest.memory_mb) {
+        return Err(Error::invalid_config(format!(
+            "config.guest.memory_mb is {}: use a number of MiB from {MIN_MEMORY_MB} to {MAX_MEMORY_MB}",
+            guest.memory_mb
+        )));
+    }
+    Ok(())
+}
+
+pub fn resources(config: &MachineConfig) -> Resources {
+    let guest = config.guest.clone().unwrap_or_default();
+    Resources {
+        cpus: guest.cpus.clamp(1, MAX_CPUS) as u32,
+        memory_mb: guest.memory_mb.clamp(MIN_MEMORY_MB, MAX_MEMORY_MB) as u64,
+        pids_max: Resources::default().pids_max,
+    }
+}
+
+/// Decodes `config.files`.
+pub fn guest_files(config: &MachineConfig) -> Result<Vec<GuestFile>> {
+    use base64::Engine;
+    let mut total = 0;
+    let mut files = Vec::with_capacity(config.files.len());
+    for (i, file) in config.files.iter().enumerate() {
+        if !file.guest_path.starts_with('/') || file.guest_path.contains('\0') {
+            return Err(Error::invalid_config(format!(
+                "config.files[{i}].guest_path {:?} must be an absolute path",
+                file.guest_path
+            )));
+        }
+        if file.secret_name.is_some() {
+            return Err(Error::invalid_config(format!(
+                "config.files[{i}].secret_name is not supported yet: pass the contents in raw_value"
+            )));
+        }
+        let contents = match &file.raw_value {
+            Some(raw) => base64::engine::general_purpose::STANDARD
+                .decode(raw.trim())
+                .map_err(|_| {
+                    Error::invalid_config(format!(
+                        "config.files[{i}].raw_value is not valid base64"
+                    ))
+                })?,
+            None => Vec::new(),
+        };
+        total += contents.len();
+        if total > MAX_FILES_BYTES {
+            return Err(Error::invalid_config(format!(
+                "config.files add up to more than {} MiB: put large files in the image or a volume",
+                MAX_FILES_BYTES >> 20
+            )));
+        }
+        let mode = file.mode.unwrap_or(0o644);
+        if mode > 0o7777 {
+            return Err(Error::invalid_config(format!(
+                "config.files[{i}].mode {mode} is not a permission mode (0 to 4095, e.g. 420 for 0644)"
+            )));
+        }
+        files.push(GuestFile {
+            path: file.guest_path.clone(),
+            contents,
+            mode,
+        });
+    }
+    Ok(files)
+}
+
+/// The main process: the config's `init` over the image's defaults, Docker's rules.
+pub fn process(
+    machine_id: &str,
+    app: &str,
+    config: &MachineConfig,
+    image: &ImageConfig,
+) -> Result<ProcessSpec> {
+    let init = config.init.clone().unwrap_or_default();
+    let argv = match (init.exec, init.entrypoint, init.cmd) {
+        (Some(exec), _, _) if !exec.is_empty() => exec,
+        (_, Some(entrypoint), cmd) => {
+            // A new entrypoint drops the image's command, as in Docker.
+            let mut argv = entrypoint;
+            argv.extend(cmd.unwrap_or_default());
+            argv
+        }
+        (_, None, Some(cmd)) if !cmd.is_empty() => {
+            let mut argv = image.entrypoint.clone();
+            argv.extend(cmd);
+            argv
+        }
+        _ => {
+            let mut argv = image.entrypoint.clone();
+            argv.extend(image.cmd.iter().cloned());
+            argv
+        }
+    };
+    if argv.is_empty() {
+        return Err(Error::invalid_config(
+            "the image has no command to run: set config.init.cmd (e.g. [\"sleep\", \"inf\"])",
+        ));
+    }
+    Ok(ProcessSpec {
+        argv,
+        env: environment(machine_id, app, config, image),
+        cwd: image.working_dir.clone(),
+        user: image.user.clone(),
+        files: guest_files(config)?,
+    })
+}
+
+/// The image's environment, then the platform's, then the config's, later ones winning.
+pub fn environment(
+    machine_id: &str,
+    app: &str,
+    config: &MachineConfig,
+    image: &ImageConfig,
+) -> Vec<String> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    env.insert(
+        "PATH".into(),
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into(),
+    );
+    for pair in &image.env {
+        if let Some((key, value)) = pair.split_once('=') {
+            env.insert(key.to_string(), value.to_string());
+        }
+    }
+    for (key, value) in [
+        ("HANGAR_MACHINE_ID", machine_id),
+        ("HANGAR_APP_NAME", app),
+        ("FLY_MACHINE_ID", machine_id),
+        ("FLY_APP_NAME", app),
+        ("FLY_REGION", crate::REGION),
+    ] {
+        env.insert(key.to_string(), value.to_string());
+    }
+    for (key, value) in &config.env {
+        env.insert(key.clone(), value.clone());
+    }
+    env.into_iter().map(|(k, v)| format!("{k}={v}")).collect()
+}
+
+/// Parses a signal name (`SIGTERM`, `TERM`) or number.
+pub fn parse_signal(name: &str) -> Result<i32> {
+    const SIGNALS: [(&str, i32); 15] = [
+        ("HUP", 1),
+        ("INT", 2),
+        ("QUIT", 3),
+        ("ILL", 4),
+        ("TRAP", 5),
+        ("ABRT", 6),
+        ("FPE", 8),
+        ("KILL", 9),
+        ("USR1", 10),
+        ("SEGV", 11),
+        ("USR2", 12),
+        ("PIPE", 13),
+        ("ALRM", 14),
+        ("TERM", 15),
+        ("WINCH", 28),
+    ];
+    let trimmed = name.trim();
+    if let Ok(n) = trimmed.parse::<i32>() {
+        if (1..=64).contains(&n) {
+            return Ok(n);
+        }
+    }
+    let bare = trimmed.strip_prefix("SIG").unwrap_or(trimmed);
+    SIGNALS
+        .iter()
+        .find(|(n, _)| n.eq_ignore_ascii_case(bare))
+        .map(|(_, number)| *number)
+        .ok_or_else(|| {
+            Error::bad_request(format!(
+                "signal {name:?} is not known: use a name such as SIGTERM, SIGINT, SIGKILL or SIGUSR1"
+            ))
+        })
+}
+
+/// Parses a Go-style duration (`"10s"`, `"1m30s"`, `"500ms"`) or a number of seconds.
+pub fn parse_duration(value: &serde_json::Value) -> Result<std::time::Duration> {
+    use std::time::Duration;
+    let bad = || {
+        Error::bad_request(format!(
+            "timeout {value} is not a duration: use seconds (10) or a Go duration (\"10s\", \"1m\")"
+        ))
+    };
+    match value {
+        serde_json::Value::Number(n) => n
+            .as_f64()
+            .filter(|s| s.is_finite() && *s >= 0.0 && *s < 1e9)
+            .map(Duration::from_secs_f64)
+            .ok_or_else(bad),
+        serde_json::Value::String(s) => parse_go_duration(s).ok_or_else(bad),
+        _ => Err(bad()),
+    }
+}
+
+fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
+    let s = s.trim();
+    if let Ok(secs) = s.parse::<f64>() {
+        return (secs.is_finite() && secs >= 0.0 && secs < 1e9)
+            .then(|| std::time::Duration::from_secs_f64(secs));
+    }
+    let mut total = 0f64;
+    let mut rest = s;
+    if rest.is_empty() {
+        return None;
+    }
+    while !rest.is_empty() {
+        let number_len = rest
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(rest.len());
+        let number: f64 = rest[..number_len].parse().ok()?;
+        rest = &rest[number_len..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
+        let scale = match &rest[..unit_len] {
+            "ns" => 1e-9,
+            "us" | "µs" => 1e-6,
+            "ms" => 1e-3,
+            "s" => 1.0,
+            "m" => 60.0,
+            "h" => 3600.0,
+            _ => return None,
+        };
+        rest = &rest[unit_len..];
+        total += number * scale;
+    }
+    (total < 1e9).then(|| std::time::Duration::from_secs_f64(total))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hangar_types::{MachineInit, MachineRestart};
+    use std::time::Duration;
+
+    fn image() -> ImageConfig {
+        ImageConfig {
+            entrypoint: vec!["/entry".into()],
+            cmd: vec!["serve".into()],
+            env: vec!["A=image".into(), "B=image".into()],
+            ..Default::default()
+        }
+    }
+
+    fn config() -> MachineConfig {
+        MachineConfig {
+            image: "busybox".into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn argv_follows_docker_rules() {
+        let mut c = config();
+        let argv = |c: &MachineConfig| process("m", "a", c, &image()).unwrap().argv;
+        assert_eq!(argv(&c), ["/entry", "serve"]);
+        c.init = Some(MachineInit {
+            cmd: Some(vec!["x".into()]),
+            ..Default::default()
+        });
+        assert_eq!(argv(&c), ["/entry", "x"]);
+        c.init = Some(MachineInit {
+            entrypoint: Some(vec!["/sh".into()]),
+            ..Default::default()
+        });
+        assert_eq!(argv(&c), ["/sh"]);
+        c.init = Some(MachineInit {
+            exec: Some(vec!["/bin/true".into()]),
+            cmd: Some(vec!["x".into()]),
+            ..Default::default()
+        });
+        assert_eq!(argv(&c), ["/bin/true"]);
+    }
+
+    #[test]
+    fn no_command_is_a_config_error() {
+        let err = process("m", "a", &config(), &ImageConfig::default()).unwrap_err();
+        assert_eq!(err.code(), hangar_types::ErrorCode::InvalidConfig);
+    }
+
+    #[test]
+    fn config_env_wins_over_image_env() {
+        let mut c = config();
+        c.env.insert("B".into(), "config".into());
+        let env = environment("m", "a", &c, &image());
+        assert!(env.contains(&"A=image".to_string()));
+        assert!(env.contains(&"B=config".to_string()));
+        assert!(env.contains(&"FLY_MACHINE_ID=m".to_string()));
+    }
+
+    #[test]
+    fn bad_configs_name_the_field() {
+        let cases: Vec<(MachineConfig, &str)> = vec![
+            (MachineConfig::default(), "config.image"),
+            (
+                MachineConfig {
+                    guest: Some(MachineGuest {
+                        memory_mb: 0,
+                        ..Default::default()
+                    }),
+                    ..config()
+                },
+                "memory_mb",
+            ),
+            (
+                MachineConfig {
+                    guest: Some(MachineGuest {
+                        cpus: -1,
+                        ..Default::default()
+                    }),
+                    ..config()
+                },
+                "cpus",
+            ),
+            (
+                MachineConfig {
+                    restart: Some(MachineRestart {
+                        policy: Some("sometimes".into()),
+                        max_retries: None,
+                    }),
+                    ..config()
+                },
+                "restart.policy",
+            ),
+        ];
+        for (c, field) in cases {
+            let err = validate(&c).unwrap_err();
+            assert_eq!(err.code(), hangar_types::ErrorCode::InvalidConfig);
+            assert!(
+                err.public_message().contains(field),
+                "{}",
+                err.public_message()
+            );
+        }
+    }
+
+    #[test]
+    fn signals_and_durations_parse() {
+        assert_eq!(parse_signal("SIGTERM").unwrap(), 15);
+        assert_eq!(parse_signal("kill").unwrap(), 9);
+        assert_eq!(parse_signal("10").unwrap(), 10);
+        assert!(parse_signal("SIGNOPE").is_err());
+        assert_eq!(
+            parse_duration(&serde_json::json!("1m30s")).unwrap(),
+            Duration::from_secs(90)
+        );
+        assert_eq!(
+            parse_duration(&serde_json::json!("500ms")).unwrap(),
+            Duration::from_millis(500)
+        );
+        assert_eq!(
+            parse_duration(&serde_json::json!(5)).unwrap(),
+            Duration::from_secs(5)
+        );
+        assert!(parse_duration(&serde_json::json!("soon")).is_err());
+        assert!(parse_duration(&serde_json::json!(-1)).is_err());
+    }
+}

@@ -1,0 +1,46 @@
+//! The store boundary: where the service layer keeps apps, machines and events.
+//!
+//! The store records what *should* be (desired state, config) and what the platform
+//! last saw; it does no lifecycle logic of its own.
+
+use async_trait::async_trait;
+
+use crate::ids::MachineId;
+use crate::model::{AppRecord, EventRecord, MachineRecord};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("already exists")]
+    Conflict,
+    #[error("database: {0}")]
+    Backend(String),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn insert_app(&self, app: &AppRecord) -> StoreResult<()>;
+    async fn get_app(&self, name: &str) -> StoreResult<Option<AppRecord>>;
+    async fn list_apps(&self, org_slug: Option<&str>) -> StoreResult<Vec<AppRecord>>;
+    async fn delete_app(&self, name: &str) -> StoreResult<()>;
+
+    /// Fails with [`StoreError::Conflict`] when the id, or the name within the app, is taken
+    /// by a machine that is not destroyed.
+    async fn insert_machine(&self, machine: &MachineRecord) -> StoreResult<()>;
+    /// Replaces the whole record.
+    async fn update_machine(&self, machine: &MachineRecord) -> StoreResult<()>;
+    async fn get_machine(&self, id: &MachineId) -> StoreResult<Option<MachineRecord>>;
+    /// Machines of one app, or of every app, destroyed ones only when asked.
+    async fn list_machines(
+        &self,
+        app: Option<&str>,
+        include_destroyed: bool,
+    ) -> StoreResult<Vec<MachineRecord>>;
+    /// Forgets a machine and its events entirely.
+    async fn delete_machine(&self, id: &MachineId) -> StoreResult<()>;
+
+    async fn insert_event(&self, event: &EventRecord) -> StoreResult<()>;
+    /// The newest `limit` events, newest first.
+    async fn list_events(&self, id: &MachineId, limit: u32) -> StoreResult<Vec<EventRecord>>;
+}
