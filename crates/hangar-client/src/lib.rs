@@ -1,1 +1,436 @@
-//! placeholder
+//! A typed client of hangar's REST API, shared by the CLI, MCP over stdio and tests.
+//!
+//! It finds the API from `HANGAR_API` and authenticates with `HANGAR_TOKEN`, as every
+//! hangar client does. API errors keep their stable code and sentence.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use hangar_types::*;
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+pub const DEFAULT_API: &str = "127.0.0.1:4280";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// The API answered with an error.
+    #[error("{message} ({code})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+    },
+    #[error(
+        "cannot reach the hangar API at {url}: {reason}; is `hangar serve` running and HANGAR_API right?"
+    )]
+    Unreachable { url: String, reason: String },
+    #[error("unexpected response from the API: {0}")]
+    Protocol(String),
+}
+
+pub type Result<T> = std::result::Result<T, ClientError>;
+
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::Client,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// `api` is `host:port` or a URL.
+    pub fn new(api: &str, token: &str) -> Self {
+        let base = if api.starts_with("http://") || api.starts_with("https://") {
+            api.trim_end_matches('/').to_string()
+        } else {
+            format!("http://{}", api.trim_end_matches('/'))
+        };
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(5))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .expect("a client without TLS always builds");
+        Client {
+            base,
+            token: token.to_string(),
+            http,
+        }
+    }
+
+    /// From `HANGAR_API` (default 127.0.0.1:4280) and `HANGAR_TOKEN`.
+    pub fn from_env() -> Self {
+        let api = std::env::var("HANGAR_API").unwrap_or_else(|_| DEFAULT_API.to_string());
+        let token = std::env::var("HANGAR_TOKEN").unwrap_or_default();
+        Client::new(&api, &token)
+    }
+
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.http
+            .request(method, format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+    }
+
+    async fn send(&self, req: RequestBuilder) -> Result<reqwest::Response> {
+        let response = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let body = response.bytes().await.unwrap_or_default();
+        Err(match serde_json::from_slice::<ErrorResponse>(&body) {
+            Ok(err) => ClientError::Api {
+                status: status.as_u16(),
+                code: err.code,
+                message: err.error,
+            },
+            Err(_) => ClientError::Api {
+                status: status.as_u16(),
+                code: "http_error".into(),
+                message: format!("HTTP {status}: {}", String::from_utf8_lossy(&body)),
+            },
+        })
+    }
+
+    async fn json<T: DeserializeOwned>(&self, req: RequestBuilder) -> Result<T> {
+        let response = self.send(req).await?;
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        serde_json::from_slice(&body)
+            .map_err(|e| ClientError::Protocol(format!("{e}: {}", String::from_utf8_lossy(&body))))
+    }
+
+    async fn call<B: Serialize, T: DeserializeOwned>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<T> {
+        let mut req = self.request(method, path);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        self.json(req).await
+    }
+
+    async fn call_empty<B: Serialize>(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&B>,
+    ) -> Result<()> {
+        let mut req = self.request(method, path);
+        if let Some(body) = body {
+            req = req.json(body);
+        }
+        self.send(req).await.map(drop)
+    }
+
+    pub async fn health(&self) -> Result<()> {
+        self.send(self.http.get(format!("{}/healthz", self.base)))
+            .await
+            .map(drop)
+    }
+
+    // Apps.
+
+    pub async fn create_app(&self, name: &str, org: Option<&str>) -> Result<App> {
+        let req = CreateAppRequest {
+            app_name: name.into(),
+            org_slug: org.map(Into::into),
+            network: None,
+        };
+        self.call(Method::POST, "/v1/apps", Some(&req)).await
+    }
+
+    pub async fn list_apps(&self) -> Result<ListAppsResponse> {
+        self.call::<(), _>(Method::GET, "/v1/apps", None).await
+    }
+
+    pub async fn get_app(&self, name: &str) -> Result<App> {
+        self.call::<(), _>(Method::GET, &format!("/v1/apps/{name}"), None)
+            .await
+    }
+
+    pub async fn delete_app(&self, name: &str) -> Result<()> {
+        self.call_empty::<()>(Method::DELETE, &format!("/v1/apps/{name}"), None)
+            .await
+    }
+
+    // Machines.
+
+    pub async fn create_machine(&self, app: &str, req: &CreateMachineRequest) -> Result<Machine> {
+        self.call(Method::POST, &format!("/v1/apps/{app}/machines"), Some(req))
+            .await
+    }
+
+    pub async fn list_machines(&self, app: &str) -> Result<Vec<Machine>> {
+        self.call::<(), _>(Method::GET, &format!("/v1/apps/{app}/machines"), None)
+            .await
+    }
+
+    pub async fn get_machine(&self, app: &str, id: &str) -> Result<Machine> {
+        self.call::<(), _>(Method::GET, &format!("/v1/apps/{app}/machines/{id}"), None)
+            .await
+    }
+
+    pub async fn update_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: &UpdateMachineRequest,
+    ) -> Result<Machine> {
+        self.call(
+            Method::POST,
+            &format!("/v1/apps/{app}/machines/{id}"),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn destroy_machine(&self, app: &str, id: &str, force: bool) -> Result<()> {
+        self.call_empty::<()>(
+            Method::DELETE,
+            &format!("/v1/apps/{app}/machines/{id}?force={force}"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn start_machine(&self, app: &str, id: &str) -> Result<Value> {
+        self.call::<(), _>(
+            Method::POST,
+            &format!("/v1/apps/{app}/machines/{id}/start"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn stop_machine(&self, app: &str, id: &str, req: &StopRequest) -> Result<()> {
+        self.call_empty(
+            Method::POST,
+            &format!("/v1/apps/{app}/machines/{id}/stop"),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn restart_machine(&self, app: &str, id: &str) -> Result<()> {
+        self.call_empty::<()>(
+            Method::POST,
+            &format!("/v1/apps/{app}/machines/{id}/restart"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn signal_machine(&self, app: &str, id: &str, signal: &str) -> Result<()> {
+        let req = SignalRequest {
+            signal: signal.into(),
+        };
+        self.call_empty(
+            Method::POST,
+            &format!("/v1/apps/{app}/machines/{id}/signal"),
+            Some(&req),
+        )
+        .await
+    }
+
+    pub async fn suspend_machine(&self, app: &str, id: &str) -> Result<()> {
+        self.call_empty::<()>(
+            Method::POST,
+            &format!("/v1/apps/{app}/machines/{id}/suspend"),
+            None,
+        )
+        .await
+    }
+
+    /// Waits until the machine is in `state`, at most `timeout_secs`.
+    pub async fn wait(&self, app: &str, id: &str, state: &str, timeout_secs: u64) -> Result<Value> {
+        let path =
+            format!("/v1/apps/{app}/machines/{id}/wait?state={state}&timeout={timeout_secs}");
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn exec(
+        &self,
+        app: &str,
+        id: &str,
+        req: &MachineExecRequest,
+    ) -> Result<MachineExecResponse> {
+        self.call(
+            Method::POST,
+            &format!("/v1/apps/{app}/machines/{id}/exec"),
+            Some(req),
+        )
+        .await
+    }
+
+    pub async fn events(&self, app: &str, id: &str) -> Result<Vec<MachineEvent>> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/apps/{app}/machines/{id}/events"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn ps(&self, app: &str, id: &str) -> Result<Vec<ProcessStat>> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/apps/{app}/machines/{id}/ps"),
+            None,
+        )
+        .await
+    }
+
+    pub async fn logs(&self, app: &str, id: &str, lines: usize) -> Result<Vec<LogLine>> {
+        self.call::<(), _>(
+            Method::GET,
+            &format!("/v1/apps/{app}/machines/{id}/logs?lines={lines}"),
+            None,
+        )
+        .await
+    }
+
+    /// The tail, then new lines as they come, until the stream is dropped.
+    pub async fn follow_logs(
+        &self,
+        app: &str,
+        id: &str,
+        lines: usize,
+    ) -> Result<impl Stream<Item = Result<LogLine>> + use<>> {
+        let path = format!("/v1/apps/{app}/machines/{id}/logs?follow=true&lines={lines}");
+        let response = self.send(self.request(Method::GET, &path)).await?;
+        Ok(sse_data(response.bytes_stream()).map(|data| {
+            data.and_then(|d| {
+                serde_json::from_str(&d).map_err(|e| ClientError::Protocol(e.to_string()))
+            })
+        }))
+    }
+
+    pub async fn create_lease(
+        &self,
+        app: &str,
+        id: &str,
+        ttl: u64,
+        nonce: Option<&str>,
+    ) -> Result<Lease> {
+        let mut req = self
+            .request(Method::POST, &format!("/v1/apps/{app}/machines/{id}/lease"))
+            .json(&CreateLeaseRequest {
+                ttl: Some(ttl),
+                description: None,
+            });
+        if let Some(nonce) = nonce {
+            req = req.header("fly-machine-lease-nonce", nonce);
+        }
+        self.json(req).await
+    }
+
+    // Images.
+
+    pub async fn list_images(&self) -> Result<Vec<ImageSummary>> {
+        self.call::<(), _>(Method::GET, "/v1/images", None).await
+    }
+
+    /// Uploads an archive (any stream of bytes) as `reference`.
+    pub async fn import_image<S>(&self, reference: &str, archive: S) -> Result<ImageSummary>
+    where
+        S: Stream<Item = std::io::Result<Bytes>> + Send + Sync + 'static,
+    {
+        let req = self
+            .request(Method::POST, "/v1/images/import")
+            .query(&[("reference", reference)])
+            .header("content-type", "application/x-tar")
+            .body(reqwest::Body::wrap_stream(archive));
+        self.json(req).await
+    }
+
+    /// A raw request, for tests and tools that need a status code.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(StatusCode, Value)> {
+        let mut req = self.request(method, path);
+        if let Some(body) = body {
+            req = req.json(&body);
+        }
+        let response = req.send().await.map_err(|e| ClientError::Unreachable {
+            url: self.base.clone(),
+            reason: e.to_string(),
+        })?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?;
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
+        Ok((status, value))
+    }
+}
+
+impl ClientError {
+    /// The API's stable error code, if the API answered.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+/// The `data:` payloads of a server-sent event stream.
+fn sse_data(
+    bytes: impl Stream<Item = reqwest::Result<Bytes>> + Send + 'static,
+) -> impl Stream<Item = Result<String>> + Send + 'static {
+    futures::stream::unfold(
+        (Box::pin(bytes), String::new()),
+        |(mut bytes, mut buf)| async move {
+            loop {
+                if let Some(end) = buf.find("\n\n") {
+                    let event: String = buf.drain(..end + 2).collect();
+                    let data: Vec<&str> = event
+                        .lines()
+                        .filter_map(|l| l.strip_prefix("data:"))
+                        .map(str::trim_start)
+                        .collect();
+                    if data.is_empty() {
+                        continue;
+                    }
+                    return Some((Ok(data.join("\n")), (bytes, buf)));
+                }
+                match bytes.next().await {
+                    Some(Ok(chunk)) => buf.push_str(&String::from_utf8_lossy(&chunk)),
+                    Some(Err(e)) => {
+                        return Some((Err(ClientError::Protocol(e.to_string())), (bytes, buf)));
+                    }
+                    None => return None,
+                }
+            }
+        },
+    )
+}

@@ -113,3 +113,29 @@ mod tests {
         assert!(ExecRequest::try_from(req).is_err());
     }
 }
+
+impl Service {
+    /// The processes running in a started machine.
+    pub async fn ps(&self, app: &str, id: &str) -> Result<Vec<hangar_types::ProcessStat>> {
+        let machine = self.live_machine(app, id).await?;
+        self.require_started(&machine, "list processes of")?;
+        let processes = self.driver.ps(&machine.id).await?;
+        Ok(processes
+            .into_iter()
+            .map(|p| hangar_types::ProcessStat {
+                pid: p.pid,
+                command: p.command,
+                directory: p.cwd,
+                rss: p.rss_bytes,
+                rtime: p.utime_ticks,
+                stime: p.stime_ticks,
+                cpu: 0,
+                listen_sockets: p
+                    .listen_sockets
+                    .into_iter()
+                    .map(|(proto, address)| hangar_types::ListenSocket { address, proto })
+                    .collect(),
+            })
+            .collect())
+    }
+}

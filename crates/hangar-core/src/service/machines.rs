@@ -344,6 +344,15 @@ impl Service {
         }
     }
 
+    /// How many machines are in each state, for metrics.
+    pub async fn machine_counts(&self) -> Result<BTreeMap<MachineState, u64>> {
+        let mut counts = BTreeMap::new();
+        for machine in self.store.list_machines(None, false).await? {
+            *counts.entry(machine.state).or_insert(0) += 1;
+        }
+        Ok(counts)
+    }
+
     pub async fn list_events(&self, app: &str, id: &str) -> Result<Vec<MachineEvent>> {
         let machine = self.machine(app, id).await?;
         let events = self.store.list_events(&machine.id, 200).await?;

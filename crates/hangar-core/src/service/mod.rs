@@ -8,6 +8,7 @@
 
 mod apps;
 mod exec;
+mod images;
 mod lease;
 mod lifecycle;
 mod logs;

@@ -1,0 +1,40 @@
+//! hangar's OpenAPI document, served at `GET /v1/openapi.json`.
+
+use axum::Json;
+use utoipa::OpenApi;
+
+use crate::{images, machines};
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, logs, suspend)."),
+    paths(
+        machines::list_apps, machines::create_app, machines::get_app, machines::delete_app,
+        machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
+        machines::destroy_machine, machines::start, machines::stop, machines::restart, machines::signal,
+        machines::suspend, machines::wait, machines::exec, machines::events, machines::ps, machines::logs,
+        machines::create_lease, machines::get_lease, machines::release_lease,
+        machines::get_metadata, machines::set_metadata, machines::delete_metadata,
+        images::list, images::import,
+    ),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub async fn serve() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
