@@ -1,0 +1,562 @@
+//! The API without sockets: requests go through the real router, service layer and
+//! SQLite store, with an in-memory driver and image store underneath.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode};
+use hangar_api::{AppState, auth::Token};
+use hangar_core::driver::ExitStatus;
+use hangar_core::image::{
+    Image, ImageConfig, ImageError, ImageSource, ImageStore, ProgressFn, TarStream,
+};
+use hangar_core::{MachineId, Service};
+use hangar_runtime::FakeDriver;
+use http_body_util::BodyExt;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const TOKEN: &str = "test-token";
+
+#[derive(Default)]
+struct MemoryImages {
+    images: Mutex<HashMap<String, Image>>,
+}
+
+#[async_trait]
+impl ImageStore for MemoryImages {
+    async fn resolve(
+        &self,
+        reference: &str,
+        _progress: Option<ProgressFn>,
+    ) -> Result<Image, ImageError> {
+        self.images
+            .lock()
+            .unwrap()
+            .get(reference)
+            .cloned()
+            .ok_or_else(|| ImageError::NotFound {
+                reference: reference.into(),
+            })
+    }
+    async fn import(&self, reference: &str, _tar: TarStream) -> Result<Image, ImageError> {
+        let image = Image {
+            reference: reference.into(),
+            source: ImageSource {
+                repository: reference.into(),
+                digest: "sha256:00".into(),
+                ..Default::default()
+            },
+            layers: vec![PathBuf::from("/nonexistent/layer")],
+            config: ImageConfig {
+                cmd: vec!["sleep".into(), "inf".into()],
+                ..Default::default()
+            },
+            size: 0,
+            created_at: "2026-01-01T00:00:00Z".into(),
+        };
+        self.images
+            .lock()
+            .unwrap()
+            .insert(reference.into(), image.clone());
+        Ok(image)
+    }
+    async fn list(&self) -> Result<Vec<Image>, ImageError> {
+        Ok(self.images.lock().unwrap().values().cloned().collect())
+    }
+    async fn remove(&self, reference: &str) -> Result<(), ImageError> {
+        self.images.lock().unwrap().remove(reference);
+        Ok(())
+    }
+    async fn prune(&self, _keep: &[PathBuf]) -> Result<u64, ImageError> {
+        Ok(0)
+    }
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    router: axum::Router,
+    driver: Arc<FakeDriver>,
+    service: Arc<Service>,
+}
+
+async fn harness() -> Harness {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(
+        hangar_store::SqliteStore::open(&dir.path().join("db"))
+            .await
+            .unwrap(),
+    );
+    let driver = Arc::new(FakeDriver::with_log_dir(dir.path().join("logs")));
+    let images = Arc::new(MemoryImages::default());
+    let service = Service::new(store, driver.clone(), images, Default::default());
+    service.spawn_event_loop(tokio_util::sync::CancellationToken::new());
+    let router = hangar_api::router(AppState {
+        service: service.clone(),
+        token: Token::new(TOKEN),
+        metrics: None,
+    });
+    let h = Harness {
+        _dir: dir,
+        router,
+        driver,
+        service,
+    };
+    let (status, _) = h
+        .call(
+            Method::POST,
+            "/v1/images/import?reference=busybox:latest",
+            Some(Value::Null),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h
+        .call(Method::POST, "/v1/apps", Some(json!({"app_name": "demo"})))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    h
+}
+
+impl Harness {
+    async fn call(&self, method: Method, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_with(method, path, body, &[]).await
+    }
+
+    async fn call_with(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Value>,
+        headers: &[(&str, &str)],
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("authorization", format!("Bearer {TOKEN}"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let body = match body {
+            Some(Value::Null) | None => Body::empty(),
+            Some(v) => Body::from(serde_json::to_vec(&v).unwrap()),
+        };
+        let response = self
+            .router
+            .clone()
+            .oneshot(req.body(body).unwrap())
+            .await
+            .unwrap();
+        let status = response.status();
+        let bytes = response.into_body().collect().await.unwrap().to_bytes();
+        (
+            status,
+            serde_json::from_slice(&bytes)
+                .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into())),
+        )
+    }
+
+    async fn create(&self, config: Value) -> (StatusCode, Value) {
+        self.call(
+            Method::POST,
+            "/v1/apps/demo/machines",
+            Some(json!({"config": config})),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn requests_without_the_token_are_refused() {
+    let h = harness().await;
+    for (uri, auth) in [
+        ("/v1/apps", None),
+        ("/v1/apps", Some("Bearer wrong")),
+        ("/metrics", None),
+    ] {
+        let mut req = Request::builder().uri(uri);
+        if let Some(auth) = auth {
+            req = req.header("authorization", auth);
+        }
+        let response = h
+            .router
+            .clone()
+            .oneshot(req.body(Body::empty()).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            StatusCode::UNAUTHORIZED,
+            "{uri} {auth:?}"
+        );
+        let body: Value =
+            serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes())
+                .unwrap();
+        assert_eq!(body["code"], "unauthorized");
+    }
+    let response = h
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .uri("/healthz")
+                .body(Body::empty())
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn machine_lifecycle_through_the_api() {
+    let h = harness().await;
+    let (status, machine) = h.create(json!({"image": "busybox:latest", "env": {"A": "1"}, "services": [{"internal_port": 80}]})).await;
+    assert_eq!(status, StatusCode::OK, "{machine}");
+    assert_eq!(machine["state"], "started");
+    assert_eq!(
+        machine["config"]["services"][0]["internal_port"], 80,
+        "unknown fields round-trip"
+    );
+    let id = machine["id"].as_str().unwrap().to_string();
+    let base = format!("/v1/apps/demo/machines/{id}");
+
+    let (status, out) = h
+        .call(
+            Method::POST,
+            &format!("{base}/exec"),
+            Some(json!({"command": ["echo", "hi"]})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{out}");
+    assert_eq!(out["exit_code"], 0);
+
+    let (status, _) = h.call(Method::POST, &format!("{base}/stop"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, waited) = h
+        .call(
+            Method::GET,
+            &format!("{base}/wait?state=stopped&timeout=5"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(waited["state"], "stopped");
+
+    let (status, err) = h
+        .call(
+            Method::POST,
+            &format!("{base}/exec"),
+            Some(json!({"cmd": "true"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(err["code"], "invalid_state");
+    assert!(err["error"].as_str().unwrap().contains("start it"), "{err}");
+
+    let (status, prev) = h.call(Method::POST, &format!("{base}/start"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(prev["previous_state"], "stopped");
+
+    let (status, err) = h.call(Method::DELETE, &base, None).await;
+    assert_eq!(
+        status,
+        StatusCode::CONFLICT,
+        "a started machine needs force: {err}"
+    );
+    let (status, _) = h
+        .call(Method::DELETE, &format!("{base}?force=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, gone) = h.call(Method::GET, &base, None).await;
+    assert_eq!(gone["state"], "destroyed");
+    let (status, err) = h.call(Method::POST, &format!("{base}/start"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(err["error"].as_str().unwrap().contains("destroyed"));
+
+    let (_, events) = h.call(Method::GET, &format!("{base}/events"), None).await;
+    let kinds: Vec<&str> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["type"].as_str().unwrap())
+        .collect();
+    for kind in ["launch", "start", "stop", "destroy"] {
+        assert!(kinds.contains(&kind), "{kind} missing from {kinds:?}");
+    }
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_error_and_creates_nothing() {
+    let h = harness().await;
+    let cases = [
+        (
+            json!({"image": "nope:1"}),
+            StatusCode::NOT_FOUND,
+            "image_not_found",
+        ),
+        (
+            json!({"image": "busybox:latest", "guest": {"cpus": 1, "memory_mb": 0}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+        ),
+        (
+            json!({"image": "busybox:latest", "guest": {"cpus": -2, "memory_mb": 256}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+        ),
+        (
+            json!({"image": "busybox:latest", "restart": {"policy": "sometimes"}}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+        ),
+        (
+            json!({"image": ""}),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid_config",
+        ),
+    ];
+    for (config, status, code) in cases {
+        let (got, body) = h.create(config.clone()).await;
+        assert_eq!(got, status, "{config} -> {body}");
+        assert_eq!(body["code"], code, "{config} -> {body}");
+        assert!(
+            body["error"].as_str().unwrap().len() > 20,
+            "a sentence, not a word: {body}"
+        );
+    }
+    let (_, machines) = h
+        .call(
+            Method::GET,
+            "/v1/apps/demo/machines?include_deleted=true",
+            None,
+        )
+        .await;
+    assert_eq!(machines, json!([]), "nothing half-created");
+
+    // Malformed JSON and wrong types.
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri("/v1/apps/demo/machines")
+        .header("authorization", format!("Bearer {TOKEN}"))
+        .body(Body::from("{not json"))
+        .unwrap();
+    let response = h.router.clone().oneshot(req).await.unwrap();
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let (status, body) = h.call(Method::POST, "/v1/apps/demo/machines", Some(json!({"config": {"image": "busybox:latest", "guest": {"cpus": "two", "memory_mb": 1}}}))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["code"], "bad_request");
+
+    // Oversized body.
+    let big = "x".repeat(hangar_api::MAX_JSON_BODY + 10);
+    let (status, body) = h
+        .call(Method::POST, "/v1/apps", Some(json!({"app_name": big})))
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["code"], "payload_too_large");
+
+    // Unknown app and machine.
+    let (status, body) = h.call(Method::GET, "/v1/apps/ghost/machines", None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("app_not_found"))
+    );
+    let (status, body) = h
+        .call(Method::GET, "/v1/apps/demo/machines/0123456789abcd", None)
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("machine_not_found"))
+    );
+    let (status, _) = h
+        .call(Method::GET, "/v1/apps/demo/machines/..%2F..%2Fetc", None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+#[tokio::test]
+async fn a_failed_sandbox_create_leaves_no_machine() {
+    let h = harness().await;
+    h.driver
+        .fail_next(hangar_runtime::fake::Verb::Create, "disk on fire");
+    let (status, body) = h.create(json!({"image": "busybox:latest"})).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+    assert!(
+        !body["error"].as_str().unwrap().contains("disk on fire"),
+        "internal causes stay in the log"
+    );
+    let (_, machines) = h
+        .call(
+            Method::GET,
+            "/v1/apps/demo/machines?include_deleted=true",
+            None,
+        )
+        .await;
+    assert_eq!(machines, json!([]));
+}
+
+#[tokio::test]
+async fn leases_guard_mutations() {
+    let h = harness().await;
+    let (_, machine) = h.create(json!({"image": "busybox:latest"})).await;
+    let base = format!("/v1/apps/demo/machines/{}", machine["id"].as_str().unwrap());
+    let (status, lease) = h
+        .call(
+            Method::POST,
+            &format!("{base}/lease"),
+            Some(json!({"ttl": 60})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let nonce = lease["nonce"].as_str().unwrap().to_string();
+
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &format!("{base}/lease"),
+            Some(json!({"ttl": 60})),
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::CONFLICT, Some("lease_held"))
+    );
+    let (status, _) = h.call(Method::POST, &format!("{base}/stop"), None).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    let (status, body) = h
+        .call_with(
+            Method::POST,
+            &format!("{base}/stop"),
+            None,
+            &[("fly-machine-lease-nonce", "bogus")],
+        )
+        .await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::PRECONDITION_FAILED, Some("lease_mismatch"))
+    );
+    let (status, _) = h
+        .call_with(
+            Method::POST,
+            &format!("{base}/stop"),
+            None,
+            &[("fly-machine-lease-nonce", &nonce)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h
+        .call_with(
+            Method::DELETE,
+            &format!("{base}/lease"),
+            None,
+            &[("fly-machine-lease-nonce", &nonce)],
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, body) = h.call(Method::GET, &format!("{base}/lease"), None).await;
+    assert_eq!(
+        (status, body["code"].as_str()),
+        (StatusCode::NOT_FOUND, Some("lease_not_found"))
+    );
+}
+
+#[tokio::test]
+async fn metadata_round_trips() {
+    let h = harness().await;
+    let (_, machine) = h
+        .create(json!({"image": "busybox:latest", "metadata": {"a": "1"}}))
+        .await;
+    let base = format!("/v1/apps/demo/machines/{}", machine["id"].as_str().unwrap());
+    let (status, _) = h
+        .call(
+            Method::POST,
+            &format!("{base}/metadata/b"),
+            Some(json!({"value": "2"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, meta) = h.call(Method::GET, &format!("{base}/metadata"), None).await;
+    assert_eq!(meta, json!({"a": "1", "b": "2"}));
+    let (status, _) = h
+        .call(Method::DELETE, &format!("{base}/metadata/a"), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let (_, meta) = h.call(Method::GET, &format!("{base}/metadata"), None).await;
+    assert_eq!(meta, json!({"b": "2"}));
+}
+
+async fn wait_for(h: &Harness, base: &str, state: &str) {
+    let (status, body) = h
+        .call(
+            Method::GET,
+            &format!("{base}/wait?state={state}&timeout=10"),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn restart_policies_act_on_exits() {
+    let h = harness().await;
+    // on-failure: a failing exit restarts, up to max_retries.
+    let (_, machine) = h.create(json!({"image": "busybox:latest", "restart": {"policy": "on-failure", "max_retries": 1}})).await;
+    let id = MachineId::parse(machine["id"].as_str().unwrap()).unwrap();
+    let base = format!("/v1/apps/demo/machines/{id}");
+    let mut changes = h.service.subscribe();
+    assert!(h.driver.exit(
+        &id,
+        ExitStatus {
+            code: 3,
+            ..Default::default()
+        }
+    ));
+    // stopped, then started again by the policy.
+    loop {
+        let change = changes.recv().await.unwrap();
+        if change.machine_id == id && change.state == hangar_core::state::MachineState::Started {
+            break;
+        }
+    }
+    assert!(h.driver.exit(
+        &id,
+        ExitStatus {
+            code: 3,
+            ..Default::default()
+        }
+    ));
+    wait_for(&h, &base, "stopped").await;
+    let (_, events) = h.call(Method::GET, &format!("{base}/events"), None).await;
+    let exits = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "exit")
+        .count();
+    assert_eq!(exits, 2);
+
+    // auto_destroy with no restart: an exit destroys the machine.
+    let (_, machine) = h
+        .create(json!({"image": "busybox:latest", "auto_destroy": true}))
+        .await;
+    let id = MachineId::parse(machine["id"].as_str().unwrap()).unwrap();
+    assert!(h.driver.exit(&id, ExitStatus::default()));
+    wait_for(&h, &format!("/v1/apps/demo/machines/{id}"), "destroyed").await;
+}
+
+#[tokio::test]
+async fn openapi_document_lists_the_machine_paths() {
+    let h = harness().await;
+    let (status, doc) = h.call(Method::GET, "/v1/openapi.json", None).await;
+    assert_eq!(status, StatusCode::OK);
+    for path in [
+        "/v1/apps/{app}/machines",
+        "/v1/apps/{app}/machines/{id}/exec",
+        "/v1/apps/{app}/machines/{id}/lease",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing");
+    }
+    assert!(doc["components"]["schemas"].get("MachineConfig").is_some());
+}
