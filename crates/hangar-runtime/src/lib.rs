@@ -8,3 +8,6 @@
 pub mod fake;
 
 pub use fake::FakeDriver;
+
+/// The static `hangar-init` executable, run as PID 1 in every sandbox.
+pub static INIT_BINARY: &[u8] = include_bytes!(env!("HANGAR_INIT_PATH"));
