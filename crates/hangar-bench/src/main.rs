@@ -1,0 +1,275 @@
+//! `hangar-bench`: measures hangar through its REST API and, in the same run, crun on
+//! the same busybox root filesystem. Prints a Markdown table for BENCHMARKS.md.
+//!
+//! Run as root, from a release build: `cargo run --release -p hangar-bench -- [--idle N]`.
+//! It starts its own `hangar serve` (the binary next to this one) in a temporary data
+//! dir, and removes every machine and container it made.
+
+mod crun;
+mod stats;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hangar_client::Client;
+use hangar_types::{
+    CreateMachineRequest, MachineConfig, MachineExecRequest, MachineInit, StopRequest,
+};
+use stats::Samples;
+
+struct Options {
+    runs: usize,
+    idle: usize,
+}
+
+fn parse_args() -> Result<Options> {
+    let mut options = Options {
+        runs: 200,
+        idle: 1000,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = || -> Result<usize> { Ok(args.next().context("missing value")?.parse()?) };
+        match arg.as_str() {
+            "--runs" => options.runs = value()?,
+            "--idle" => options.idle = value()?,
+            other => bail!("unknown argument {other}; use --runs N and --idle N"),
+        }
+    }
+    Ok(options)
+}
+
+fn main() -> Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("crun-peer") {
+        let rootfs = PathBuf::from(args.get(2).context("crun-peer ROOTFS RUNS")?);
+        let runs = args.get(3).context("crun-peer ROOTFS RUNS")?.parse()?;
+        return crun::peer_main(&rootfs, runs);
+    }
+    tokio::runtime::Runtime::new()?.block_on(bench())
+}
+
+async fn bench() -> Result<()> {
+    let options = parse_args()?;
+    let rootfs = busybox_rootfs()?;
+    let daemon = Daemon::start()?;
+    let client = daemon.client();
+    client.health().await?;
+    import(&client, rootfs.path()).await?;
+    client.create_app("bench", None).await?;
+    let mut rows = Vec::new();
+
+    // Create from an imported image (sandbox built, not started).
+    let mut create = Samples::new("create machine (skip_launch)");
+    let mut created = Vec::new();
+    for _ in 0..options.runs.min(100) {
+        let began = Instant::now();
+        let m = client.create_machine("bench", &request(true)).await?;
+        create.push(began.elapsed());
+        created.push(m.id);
+    }
+    for id in created {
+        client.destroy_machine("bench", &id, true).await?;
+    }
+
+    let m = client.create_machine("bench", &request(false)).await?;
+    let (start, exec) = start_and_exec(&client, &m.id, options.runs).await?;
+    rows.push(create.row(None));
+
+    let (crun_run, crun_exec) = crun::run_peer(rootfs.path(), options.runs)?;
+    rows.push(start.row(Some(&crun_run)));
+    rows.push(exec.row(Some(&crun_exec)));
+    client.destroy_machine("bench", &m.id, true).await?;
+
+    if options.idle > 0 {
+        let idle = idle_machines(&client, options.idle, options.runs).await?;
+        rows.extend(idle);
+    }
+
+    println!("| what | runs | hangar p50 | hangar p99 | peer | peer p50 | peer p99 |");
+    println!("|---|---|---|---|---|---|---|");
+    for row in rows {
+        println!("{row}");
+    }
+    client.delete_app("bench").await?;
+    Ok(())
+}
+
+fn request(skip_launch: bool) -> CreateMachineRequest {
+    CreateMachineRequest {
+        config: MachineConfig {
+            image: "busybox:latest".into(),
+            init: Some(MachineInit {
+                exec: Some(vec!["sleep".into(), "1000000".into()]),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        skip_launch,
+        ..Default::default()
+    }
+}
+
+/// Start of a stopped machine until its process runs, and exec of `true`.
+async fn start_and_exec(client: &Client, id: &str, runs: usize) -> Result<(Samples, Samples)> {
+    let mut start = Samples::new("start stopped machine (API) vs `crun run true`");
+    for _ in 0..runs {
+        client
+            .stop_machine(
+                "bench",
+                id,
+                &StopRequest {
+                    signal: Some("SIGKILL".into()),
+                    timeout: None,
+                },
+            )
+            .await?;
+        let began = Instant::now();
+        client.start_machine("bench", id).await?;
+        start.push(began.elapsed());
+    }
+    let mut exec = Samples::new("exec `true` (API) vs `crun exec true`");
+    let req = MachineExecRequest {
+        command: Some(vec!["true".into()]),
+        ..Default::default()
+    };
+    for _ in 0..runs {
+        let began = Instant::now();
+        let out = client.exec("bench", id, &req).await?;
+        exec.push(began.elapsed());
+        anyhow::ensure!(out.exit_code == 0, "exec failed: {out:?}");
+    }
+    Ok((start, exec))
+}
+
+/// Starts `count` idle machines, reports host memory per machine, and measures start
+/// and exec again while they idle.
+async fn idle_machines(client: &Client, count: usize, runs: usize) -> Result<Vec<String>> {
+    let before = mem_available_kib()?;
+    let mut ids = Vec::with_capacity(count);
+    let mut create = Samples::new(&format!("create+start with {count} idle machines"));
+    for _ in 0..count {
+        let began = Instant::now();
+        ids.push(client.create_machine("bench", &request(false)).await?.id);
+        create.push(began.elapsed());
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = mem_available_kib()?;
+    let per_machine = (before.saturating_sub(after)) as f64 / count as f64;
+    let probe = client.create_machine("bench", &request(false)).await?;
+    let (start, exec) = start_and_exec(client, &probe.id, runs.min(100)).await?;
+    let mut rows = vec![
+        create.row(None),
+        format!(
+            "| host memory per idle machine ({count} started `sleep`) | 1 | {:.0} KiB | | | | |",
+            per_machine
+        ),
+        start
+            .renamed(&format!("start with {count} idle machines"))
+            .row(None),
+        exec.renamed(&format!("exec `true` with {count} idle machines"))
+            .row(None),
+    ];
+    ids.push(probe.id);
+    let destroy_began = Instant::now();
+    for id in &ids {
+        client.destroy_machine("bench", id, true).await?;
+    }
+    rows.push(format!(
+        "| destroy {} machines | 1 | {:.1} s total | | | | |",
+        ids.len(),
+        destroy_began.elapsed().as_secs_f64()
+    ));
+    Ok(rows)
+}
+
+fn mem_available_kib() -> Result<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo")?;
+    meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemAvailable:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("MemAvailable missing from /proc/meminfo")
+}
+
+async fn import(client: &Client, rootfs: &Path) -> Result<()> {
+    let mut builder = tar::Builder::new(Vec::new());
+    builder.follow_symlinks(false);
+    builder.append_dir_all(".", rootfs)?;
+    let archive = builder.into_inner()?;
+    let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(archive))]);
+    client.import_image("busybox:latest", stream).await?;
+    Ok(())
+}
+
+fn busybox_rootfs() -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new()
+        .prefix("hangar-bench-rootfs-")
+        .tempdir()?;
+    let root = dir.path();
+    for sub in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(sub))?;
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).context("busybox-static is needed")?;
+    let list = Command::new("/bin/busybox").arg("--list").output()?;
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            std::os::unix::fs::symlink("busybox", root.join("bin").join(applet))?;
+        }
+    }
+    std::fs::write(root.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
+    Ok(dir)
+}
+
+struct Daemon {
+    _dir: tempfile::TempDir,
+    child: Child,
+    api: String,
+    token: String,
+}
+
+impl Daemon {
+    fn start() -> Result<Daemon> {
+        let exe = std::env::current_exe()?;
+        let bin: PathBuf = exe.with_file_name("hangar");
+        let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir()?;
+        let mut child = Command::new(&bin)
+            .args(["serve", "--api-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("HANGAR_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
+        let api = loop {
+            let line = lines.next().context("hangar serve exited")??;
+            if let Some(addr) = line.strip_prefix("api listening on ") {
+                break addr.to_string();
+            }
+        };
+        std::thread::spawn(move || for _ in lines {});
+        let token = std::fs::read_to_string(dir.path().join("root-token"))?
+            .trim()
+            .to_string();
+        Ok(Daemon {
+            _dir: dir,
+            child,
+            api,
+            token,
+        })
+    }
+
+    fn client(&self) -> Client {
+        Client::new(&self.api, &self.token)
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
