@@ -596,3 +596,30 @@ fn tar_dir(dir: &Path) -> Vec<u8> {
     b.append_dir_all(".", dir).unwrap();
     b.into_inner().unwrap()
 }
+
+#[tokio::test]
+async fn base_image_script_builds_a_pullable_busybox() {
+    require_tools!();
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../scripts/build-base-images.sh");
+    let reg = Registry::start(None);
+    run(Command::new("sh")
+        .arg(&script)
+        .arg(&reg.addr)
+        .arg("busybox"));
+    let work = tempfile::tempdir().unwrap();
+    let st = store(&work.path().join("store"));
+    let image = st
+        .resolve(&format!("{}/hangar/busybox:latest", reg.addr), None)
+        .await
+        .unwrap();
+    let merged = merge_layers(&image.layers);
+    assert!(matches!(
+        merged.get(Path::new("bin/busybox")),
+        Some(Node::File { .. })
+    ));
+    assert_eq!(
+        merged.get(Path::new("bin/sh")),
+        Some(&Node::Symlink("../bin/busybox".into()))
+    );
+    assert_eq!(image.config.cmd, vec!["/bin/sh"]);
+}
