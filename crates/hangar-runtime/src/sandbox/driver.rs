@@ -1,0 +1,86 @@
+//! [`Driver`] for [`SandboxDriver`]: each verb delegates to its own file.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use hangar_core::MachineId;
+use hangar_core::driver::{
+    Driver, DriverError, DriverEvent, ExecOutput, ExecSpec, ExitStatus, Observed, ProcessInfo,
+    ProcessSpec, Resources, SandboxSpec,
+};
+use tokio::sync::broadcast;
+
+use super::SandboxDriver;
+
+#[async_trait]
+impl Driver for SandboxDriver {
+    fn name(&self) -> &'static str {
+        "sandbox"
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<(), DriverError> {
+        Ok(self.create_sandbox(spec).await?)
+    }
+
+    async fn start(&self, id: &MachineId, process: &ProcessSpec) -> Result<(), DriverError> {
+        Ok(self.start_process(id, process).await?)
+    }
+
+    async fn stop(
+        &self,
+        id: &MachineId,
+        signal: i32,
+        timeout: Duration,
+    ) -> Result<Option<ExitStatus>, DriverError> {
+        Ok(self.stop_process(id, signal, timeout).await?)
+    }
+
+    async fn signal(&self, id: &MachineId, signal: i32) -> Result<(), DriverError> {
+        Ok(self.signal_process(id, signal).await?)
+    }
+
+    async fn exec(&self, id: &MachineId, exec: &ExecSpec) -> Result<ExecOutput, DriverError> {
+        Ok(self.exec_command(id, exec).await?)
+    }
+
+    async fn ps(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, DriverError> {
+        Ok(self.list_processes(id).await?)
+    }
+
+    async fn suspend(&self, id: &MachineId) -> Result<(), DriverError> {
+        Ok(self.set_frozen(id, true).await?)
+    }
+
+    async fn resume(&self, id: &MachineId) -> Result<(), DriverError> {
+        Ok(self.set_frozen(id, false).await?)
+    }
+
+    async fn update_resources(
+        &self,
+        id: &MachineId,
+        resources: Resources,
+    ) -> Result<(), DriverError> {
+        Ok(self.update_limits(id, resources)?)
+    }
+
+    async fn destroy(&self, id: &MachineId) -> Result<(), DriverError> {
+        Ok(self.destroy_sandbox(id).await?)
+    }
+
+    async fn observe(&self, id: &MachineId) -> Result<Observed, DriverError> {
+        Ok(self.observe_machine(id).await?)
+    }
+
+    async fn list(&self) -> Result<Vec<MachineId>, DriverError> {
+        Ok(self.list_machines()?)
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<DriverEvent> {
+        self.shared.events.subscribe()
+    }
+
+    fn log_path(&self, id: &MachineId) -> PathBuf {
+        self.machine_dir(id).join("log")
+    }
+}

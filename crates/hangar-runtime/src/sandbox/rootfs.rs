@@ -1,0 +1,224 @@
+//! The machine's file system view, built by the boot helper inside the machine's
+//! fresh mount namespace: the overlay root, `/proc`, a minimal `/dev`, a read-only
+//! `/sys`, then `pivot_root` so the host's tree is gone.
+//!
+//! Every writable mount the machine can reach is `nodev`: device nodes work only
+//! where this module bind-mounts them, so `CAP_MKNOD` cannot open a host disk.
+
+use std::os::unix::fs::symlink;
+use std::path::Path;
+
+use nix::mount::{MntFlags, MsFlags, mount, umount2};
+use nix::unistd::{chdir, pivot_root};
+
+/// A step that failed: what it was doing, and why.
+pub type StepError = String;
+
+fn ctx<E: std::fmt::Display>(what: impl Into<String>) -> impl FnOnce(E) -> StepError {
+    let what = what.into();
+    move |e| format!("{what}: {e}")
+}
+
+/// Device files bind-mounted from the host's `/dev`.
+const DEVICES: [&str; 6] = ["null", "zero", "full", "random", "urandom", "tty"];
+
+/// `/proc` files a machine must not write (they configure the whole host): made
+/// read-only.
+const PROC_READ_ONLY: [&str; 5] = ["sys", "sysrq-trigger", "irq", "bus", "fs"];
+/// `/proc` files a machine must not read: covered with `/dev/null`.
+const PROC_MASKED: [&str; 6] = [
+    "kcore",
+    "keys",
+    "timer_list",
+    "sched_debug",
+    "latency_stats",
+    "timer_stats",
+];
+
+/// Mounts the overlay of `lower` (topmost first) under `upper` at `target`.
+pub fn mount_overlay(
+    lower: &[String],
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), StepError> {
+    let opts = format!(
+        "lowerdir={},upperdir={},workdir={}",
+        lower.join(":"),
+        upper.display(),
+        work.display()
+    );
+    if opts.len() >= 4096 {
+        return Err(
+            "too many image layers for one overlay mount (the options exceed a page)".into(),
+        );
+    }
+    mount(
+        Some("overlay"),
+        target,
+        Some("overlay"),
+        MsFlags::MS_NODEV,
+        Some(opts.as_str()),
+    )
+    .map_err(ctx("mounting the overlay root"))
+}
+
+fn mkdir_p(path: &Path) -> Result<(), StepError> {
+    std::fs::create_dir_all(path).map_err(ctx(format!("creating {}", path.display())))
+}
+
+fn bind(src: &Path, dst: &Path, extra: MsFlags) -> Result<(), StepError> {
+    mount(
+        Some(src),
+        dst,
+        None::<&str>,
+        MsFlags::MS_BIND | MsFlags::MS_REC,
+        None::<&str>,
+    )
+    .map_err(ctx(format!(
+        "bind-mounting {} on {}",
+        src.display(),
+        dst.display()
+    )))?;
+    if !extra.is_empty() {
+        mount(
+            None::<&str>,
+            dst,
+            None::<&str>,
+            MsFlags::MS_BIND | MsFlags::MS_REMOUNT | extra,
+            None::<&str>,
+        )
+        .map_err(ctx(format!("remounting {}", dst.display())))?;
+    }
+    Ok(())
+}
+
+/// Mounts `/proc`, `/dev` and `/sys` under `root` (the mounted overlay). Must run in
+/// the machine's PID namespace so `/proc` shows only the machine's processes.
+pub fn populate(root: &Path) -> Result<(), StepError> {
+    let nosuid_nodev_noexec = MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC;
+
+    let proc_dir = root.join("proc");
+    mkdir_p(&proc_dir)?;
+    mount(
+        Some("proc"),
+        &proc_dir,
+        Some("proc"),
+        nosuid_nodev_noexec,
+        None::<&str>,
+    )
+    .map_err(ctx("mounting /proc"))?;
+    for name in PROC_READ_ONLY {
+        let p = proc_dir.join(name);
+        if p.exists() {
+            bind(&p, &p, MsFlags::MS_RDONLY | nosuid_nodev_noexec)?;
+        }
+    }
+
+    let dev = root.join("dev");
+    mkdir_p(&dev)?;
+    mount(
+        Some("tmpfs"),
+        &dev,
+        Some("tmpfs"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+        Some("mode=755,size=65536k"),
+    )
+    .map_err(ctx("mounting /dev"))?;
+    for name in DEVICES {
+        let target = dev.join(name);
+        std::fs::File::create(&target).map_err(ctx(format!("creating /dev/{name}")))?;
+        bind(&Path::new("/dev").join(name), &target, MsFlags::empty())?;
+    }
+    let pts = dev.join("pts");
+    mkdir_p(&pts)?;
+    mount(
+        Some("devpts"),
+        &pts,
+        Some("devpts"),
+        MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+        Some("newinstance,ptmxmode=0666,mode=0620,gid=5"),
+    )
+    .map_err(ctx("mounting /dev/pts"))?;
+    let shm = dev.join("shm");
+    mkdir_p(&shm)?;
+    mount(
+        Some("shm"),
+        &shm,
+        Some("tmpfs"),
+        nosuid_nodev_noexec,
+        Some("mode=1777,size=65536k"),
+    )
+    .map_err(ctx("mounting /dev/shm"))?;
+    for (link, target) in [
+        ("ptmx", "pts/ptmx"),
+        ("fd", "/proc/self/fd"),
+        ("stdin", "/proc/self/fd/0"),
+        ("stdout", "/proc/self/fd/1"),
+        ("stderr", "/proc/self/fd/2"),
+    ] {
+        symlink(target, dev.join(link)).map_err(ctx(format!("linking /dev/{link}")))?;
+    }
+    // Masks go on after /dev exists: they are binds of the machine's /dev/null.
+    for name in PROC_MASKED {
+        let p = proc_dir.join(name);
+        if p.exists() {
+            bind(&dev.join("null"), &p, MsFlags::empty())?;
+        }
+    }
+
+    let sys = root.join("sys");
+    mkdir_p(&sys)?;
+    mount(
+        Some("sysfs"),
+        &sys,
+        Some("sysfs"),
+        MsFlags::MS_RDONLY | nosuid_nodev_noexec,
+        None::<&str>,
+    )
+    .map_err(ctx("mounting /sys"))?;
+    Ok(())
+}
+
+/// Makes `root` the root directory and detaches the host's tree.
+pub fn enter(root: &Path) -> Result<(), StepError> {
+    chdir(root).map_err(ctx("entering the root file system"))?;
+    // pivot_root(".", ".") stacks the old root on top of the new one; unmounting
+    // "." then removes it without needing a directory for it in the image.
+    pivot_root(".", ".").map_err(ctx("pivot_root"))?;
+    umount2(".", MntFlags::MNT_DETACH).map_err(ctx("detaching the host root"))?;
+    chdir("/").map_err(ctx("chdir /"))?;
+    Ok(())
+}
+
+/// Brings the loopback interface of the machine's network namespace up.
+pub fn loopback_up() -> Result<(), StepError> {
+    // SAFETY: a datagram socket and two ioctls on a zeroed, correctly sized ifreq.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0);
+        if fd < 0 {
+            return Err(format!("socket: {}", std::io::Error::last_os_error()));
+        }
+        let mut req: libc::ifreq = std::mem::zeroed();
+        for (dst, src) in req.ifr_name.iter_mut().zip(b"lo\0") {
+            *dst = *src as libc::c_char;
+        }
+        let mut result = Ok(());
+        if libc::ioctl(fd, libc::SIOCGIFFLAGS as _, &mut req) < 0 {
+            result = Err(format!(
+                "reading lo flags: {}",
+                std::io::Error::last_os_error()
+            ));
+        } else {
+            req.ifr_ifru.ifru_flags |= (libc::IFF_UP | libc::IFF_RUNNING) as libc::c_short;
+            if libc::ioctl(fd, libc::SIOCSIFFLAGS as _, &req) < 0 {
+                result = Err(format!(
+                    "bringing lo up: {}",
+                    std::io::Error::last_os_error()
+                ));
+            }
+        }
+        libc::close(fd);
+        result
+    }
+}
