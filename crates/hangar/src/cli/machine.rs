@@ -1,0 +1,375 @@
+//! `hangar machine ...`
+
+use std::collections::BTreeMap;
+use std::io::{IsTerminal, Read, Write};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use futures::StreamExt;
+use hangar_client::{Client, ClientError};
+use hangar_types::{
+    CreateMachineRequest, Machine, MachineConfig, MachineExecRequest, MachineGuest, MachineInit,
+    MachineRestart, StopRequest,
+};
+
+use super::output;
+
+#[derive(Debug, Args)]
+pub struct AppArg {
+    /// The app the machine belongs to.
+    #[arg(
+        long,
+        short,
+        env = "HANGAR_APP",
+        default_value = "default",
+        global = true
+    )]
+    app: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MachineCommand {
+    /// Create a machine from an image and wait until it is started.
+    Run(RunArgs),
+    /// List the app's machines.
+    #[command(alias = "ls")]
+    List {
+        #[command(flatten)]
+        app: AppArg,
+        /// Include destroyed machines.
+        #[arg(long)]
+        all: bool,
+    },
+    /// Show one machine.
+    Status {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+    },
+    /// Start a stopped machine.
+    Start {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+    },
+    /// Stop a machine (its process gets the signal, then is killed after the timeout).
+    Stop {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+        #[arg(long, short)]
+        signal: Option<String>,
+        /// Seconds or a duration like `30s`.
+        #[arg(long, short)]
+        timeout: Option<String>,
+    },
+    /// Stop and start a machine.
+    Restart {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+    },
+    /// Run a command in a started machine; exits with the command's exit code.
+    Exec {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+        /// Seconds before the command is killed.
+        #[arg(long, default_value_t = 30)]
+        timeout: u64,
+        /// Pass this process's standard input to the command.
+        #[arg(long, short)]
+        interactive: bool,
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
+    },
+    /// Print a machine's logs.
+    Logs {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+        /// Keep printing new lines.
+        #[arg(long, short)]
+        follow: bool,
+        /// How many of the last lines.
+        #[arg(long, short = 'n', default_value_t = 100)]
+        lines: usize,
+    },
+    /// Destroy a machine.
+    #[command(alias = "rm")]
+    Destroy {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+        /// Destroy even if it is started.
+        #[arg(long, short)]
+        force: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    app: AppArg,
+    /// Image reference, e.g. `busybox:latest`.
+    image: String,
+    #[arg(long)]
+    name: Option<String>,
+    #[arg(long)]
+    cpus: Option<i64>,
+    /// Memory in MiB.
+    #[arg(long)]
+    memory: Option<i64>,
+    /// `KEY=VALUE`, repeatable.
+    #[arg(long = "env", short)]
+    env: Vec<String>,
+    /// `no`, `always` or `on-failure`.
+    #[arg(long)]
+    restart: Option<String>,
+    /// Destroy the machine when its process exits.
+    #[arg(long)]
+    rm: bool,
+    /// The command, replacing the image's.
+    #[arg(last = true)]
+    command: Vec<String>,
+}
+
+pub async fn run(client: &Client, cmd: MachineCommand, json: bool) -> Result<ExitCode> {
+    match cmd {
+        MachineCommand::Run(args) => run_machine(client, args, json).await?,
+        MachineCommand::List { app, all } => {
+            let machines = client.list_machines(&app.app).await?;
+            let machines: Vec<&Machine> = machines
+                .iter()
+                .filter(|m| all || m.state != "destroyed")
+                .collect();
+            if json {
+                output::json(&machines);
+            } else {
+                let rows: Vec<Vec<String>> = machines
+                    .iter()
+                    .map(|m| {
+                        vec![
+                            m.id.clone(),
+                            m.name.clone(),
+                            m.state.clone(),
+                            m.config.image.clone(),
+                            m.created_at.clone(),
+                        ]
+                    })
+                    .collect();
+                output::table(&["ID", "NAME", "STATE", "IMAGE", "CREATED"], &rows);
+            }
+        }
+        MachineCommand::Status { app, machine } => {
+            let id = resolve(client, &app.app, &machine).await?;
+            let m = client.get_machine(&app.app, &id).await?;
+            if json {
+                output::json(&m);
+            } else {
+                print_status(&m);
+            }
+        }
+        MachineCommand::Start { app, machine } => {
+            let id = resolve(client, &app.app, &machine).await?;
+            client.start_machine(&app.app, &id).await?;
+            done(json, &id, "started");
+        }
+        MachineCommand::Stop {
+            app,
+            machine,
+            signal,
+            timeout,
+        } => {
+            let id = resolve(client, &app.app, &machine).await?;
+            let req = StopRequest {
+                signal,
+                timeout: timeout.map(serde_json::Value::String),
+            };
+            client.stop_machine(&app.app, &id, &req).await?;
+            done(json, &id, "stopped");
+        }
+        MachineCommand::Restart { app, machine } => {
+            let id = resolve(client, &app.app, &machine).await?;
+            client.restart_machine(&app.app, &id).await?;
+            done(json, &id, "restarted");
+        }
+        MachineCommand::Exec {
+            app,
+            machine,
+            timeout,
+            interactive,
+            command,
+        } => {
+            let id = resolve(client, &app.app, &machine).await?;
+            let stdin = if interactive && !std::io::stdin().is_terminal() {
+                let mut buf = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut buf)
+                    .context("reading standard input")?;
+                Some(buf)
+            } else {
+                None
+            };
+            let req = MachineExecRequest {
+                command: Some(command),
+                timeout: Some(timeout),
+                stdin,
+                ..Default::default()
+            };
+            let out = client.exec(&app.app, &id, &req).await?;
+            if json {
+                output::json(&out);
+            } else {
+                std::io::stdout().write_all(out.stdout.as_bytes())?;
+                std::io::stderr().write_all(out.stderr.as_bytes())?;
+            }
+            return Ok(ExitCode::from(out.exit_code.clamp(0, 255) as u8));
+        }
+        MachineCommand::Logs {
+            app,
+            machine,
+            follow,
+            lines,
+        } => {
+            let id = resolve(client, &app.app, &machine).await?;
+            let print = |line: &hangar_types::LogLine| {
+                if json {
+                    println!("{}", serde_json::to_string(line).unwrap_or_default());
+                } else if line.stream == "init" {
+                    println!("{} [hangar] {}", line.timestamp, line.message);
+                } else {
+                    println!("{} {}", line.timestamp, line.message);
+                }
+            };
+            if follow {
+                let mut stream = Box::pin(client.follow_logs(&app.app, &id, lines).await?);
+                while let Some(line) = stream.next().await {
+                    print(&line?);
+                }
+            } else {
+                for line in client.logs(&app.app, &id, lines).await? {
+                    print(&line);
+                }
+            }
+        }
+        MachineCommand::Destroy {
+            app,
+            machine,
+            force,
+        } => {
+            let id = resolve(client, &app.app, &machine).await?;
+            client.destroy_machine(&app.app, &id, force).await?;
+            done(json, &id, "destroyed");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn run_machine(client: &Client, args: RunArgs, json: bool) -> Result<()> {
+    let mut env = BTreeMap::new();
+    for pair in &args.env {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--env {pair:?} is not KEY=VALUE");
+        };
+        env.insert(key.to_string(), value.to_string());
+    }
+    let guest = (args.cpus.is_some() || args.memory.is_some()).then(|| MachineGuest {
+        cpus: args.cpus.unwrap_or(1),
+        memory_mb: args.memory.unwrap_or(256),
+        ..Default::default()
+    });
+    let config = MachineConfig {
+        image: args.image,
+        init: (!args.command.is_empty()).then(|| MachineInit {
+            exec: Some(args.command),
+            ..Default::default()
+        }),
+        env,
+        guest,
+        restart: args.restart.map(|policy| MachineRestart {
+            policy: Some(policy),
+            max_retries: None,
+        }),
+        auto_destroy: args.rm,
+        ..Default::default()
+    };
+    let app = &args.app.app;
+    // The default app is created on first use; a named one must exist.
+    if app == "default" {
+        match client.create_app(app, None).await {
+            Ok(_) => {}
+            Err(err) if err.code() == Some("app_exists") => {}
+            Err(err) => return Err(err.into()),
+        }
+    }
+    let req = CreateMachineRequest {
+        name: args.name,
+        config,
+        ..Default::default()
+    };
+    let machine = client.create_machine(app, &req).await?;
+    if json {
+        output::json(&machine);
+    } else {
+        println!(
+            "machine {} ({}) is {}",
+            machine.id, machine.name, machine.state
+        );
+    }
+    Ok(())
+}
+
+/// Accepts a machine's id or its name.
+async fn resolve(client: &Client, app: &str, machine: &str) -> Result<String> {
+    let is_id = machine.len() == 14 && machine.bytes().all(|b| b.is_ascii_hexdigit());
+    if is_id {
+        return Ok(machine.to_string());
+    }
+    let machines = client.list_machines(app).await?;
+    machines
+        .into_iter()
+        .find(|m| m.name == machine && m.state != "destroyed")
+        .map(|m| m.id)
+        .ok_or_else(|| {
+            ClientError::Api {
+                status: 404,
+                code: "machine_not_found".into(),
+                message: format!("no machine named or with id {machine:?} in app {app:?}; see `hangar machine list -a {app}`"),
+            }
+            .into()
+        })
+}
+
+fn done(json: bool, id: &str, what: &str) {
+    if json {
+        output::json(&serde_json::json!({"ok": true, "id": id, "result": what}));
+    } else {
+        println!("machine {id} {what}");
+    }
+}
+
+fn print_status(m: &Machine) {
+    let rows = [
+        ("id", m.id.clone()),
+        ("name", m.name.clone()),
+        ("state", m.state.clone()),
+        ("image", m.config.image.clone()),
+        ("instance", m.instance_id.clone()),
+        ("created", m.created_at.clone()),
+        ("updated", m.updated_at.clone()),
+    ];
+    for (key, value) in rows {
+        println!("{key:<10} {value}");
+    }
+    if !m.events.is_empty() {
+        println!("\nrecent events:");
+        for e in &m.events {
+            let when = chrono::DateTime::from_timestamp_millis(e.timestamp)
+                .map(|t| t.to_rfc3339())
+                .unwrap_or_default();
+            println!("  {when}  {:<8} {:<10} {}", e.kind, e.status, e.source);
+        }
+    }
+}

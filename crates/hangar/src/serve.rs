@@ -1,0 +1,162 @@
+//! `hangar serve`: opens the store, the image store and the runtime driver, adopts the
+//! machines already on the host, and serves the API until SIGINT or SIGTERM.
+//!
+//! Machines are not children of the daemon: stopping or killing it leaves them running,
+//! and the next `serve` adopts them.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hangar_api::AppState;
+use hangar_api::auth::Token;
+use hangar_core::Service;
+use hangar_core::service::ServiceOptions;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Where hangar keeps its state, images and machines.
+    #[arg(long, env = "HANGAR_DATA_DIR", default_value = "/var/lib/hangar")]
+    pub data_dir: PathBuf,
+    /// Address of the REST API (port 0 picks one).
+    #[arg(long, env = "HANGAR_API", default_value = "127.0.0.1:4280")]
+    pub api_listen: String,
+    /// Address of the edge proxy's HTTP listener.
+    #[arg(long, env = "HANGAR_PROXY_LISTEN")]
+    pub proxy_listen: Option<String>,
+    /// Address of the edge proxy's HTTPS listener.
+    #[arg(long, env = "HANGAR_PROXY_TLS_LISTEN")]
+    pub proxy_tls_listen: Option<String>,
+    /// Apps are served at `<app>.<base-domain>`.
+    #[arg(long, env = "HANGAR_BASE_DOMAIN", default_value = "hangar.localhost")]
+    pub base_domain: String,
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "HANGAR_LOG_FORMAT", default_value = "text")]
+    pub log_format: String,
+}
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    init_tracing(&args.log_format);
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
+    std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
+        .with_context(|| format!("securing data dir {}", args.data_dir.display()))?;
+    let data_dir = args.data_dir.canonicalize()?;
+    let token = root_token(&data_dir)?;
+
+    let store = Arc::new(hangar_store::SqliteStore::open(&data_dir.join("hangar.db")).await?);
+    let images = Arc::new(
+        hangar_image::LocalImageStore::open(
+            data_dir.join("images"),
+            hangar_image::StoreOptions::default(),
+        )
+        .context("opening the image store")?,
+    );
+    let driver = Arc::new(
+        hangar_runtime::sandbox::SandboxDriver::new(hangar_runtime::sandbox::SandboxConfig {
+            state_dir: data_dir.join("machines"),
+            boot_exe: std::env::current_exe().context("finding the hangar binary")?,
+        })
+        .context("starting the sandbox driver")?,
+    );
+    let service = Service::new(store, driver, images, ServiceOptions::default());
+    service
+        .recover()
+        .await
+        .context("adopting machines on this host")?;
+
+    let shutdown = CancellationToken::new();
+    let events = service.spawn_event_loop(shutdown.clone());
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .context("installing the metrics recorder")?;
+    let router = hangar_api::router(AppState {
+        service,
+        token: Token::new(token),
+        metrics: Some(metrics),
+    });
+
+    let listener = tokio::net::TcpListener::bind(&args.api_listen)
+        .await
+        .with_context(|| format!("binding the API to {}", args.api_listen))?;
+    announce("api", listener.local_addr()?);
+    if args.proxy_listen.is_some() || args.proxy_tls_listen.is_some() {
+        tracing::warn!(
+            "the edge proxy is not part of this build yet; --proxy-listen is accepted and ignored"
+        );
+    }
+    tracing::info!(data_dir = %data_dir.display(), "hangar is serving");
+
+    let stop = shutdown.clone();
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async move {
+            shutdown_signal().await;
+            stop.cancel();
+        })
+        .await?;
+    shutdown.cancel();
+    let _ = events.await;
+    tracing::info!("stopped serving; machines keep running");
+    Ok(())
+}
+
+/// Tests and scripts read the chosen address from this line.
+fn announce(what: &str, addr: SocketAddr) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{what} listening on {addr}");
+    let _ = out.flush();
+}
+
+/// The root token, created with mode 0600 on first start.
+fn root_token(data_dir: &Path) -> Result<String> {
+    let path = data_dir.join("root-token");
+    match std::fs::read_to_string(&path) {
+        Ok(token) if !token.trim().is_empty() => return Ok(token.trim().to_string()),
+        Ok(_) => {}
+        Err(err) if err.kind() == std::io::ErrorKind::NotFound => {}
+        Err(err) => return Err(err).with_context(|| format!("reading {}", path.display())),
+    }
+    let token: String = {
+        use rand::RngCore;
+        let mut bytes = [0u8; 32];
+        rand::rngs::OsRng.fill_bytes(&mut bytes);
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&path)
+        .with_context(|| format!("writing {}", path.display()))?;
+    writeln!(file, "{token}")?;
+    file.sync_all()?;
+    Ok(token)
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("installing a SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+fn init_tracing(format: &str) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("HANGAR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if format == "json" {
+        builder.json().init();
+    } else {
+        builder.init();
+    }
+}

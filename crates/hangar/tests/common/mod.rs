@@ -1,0 +1,215 @@
+//! Starts the real `hangar serve` on port 0 in a temporary data dir, and builds a
+//! busybox image from Debian's busybox-static to run in it.
+//!
+//! Everything a test creates is removed when its [`Daemon`] is dropped: machines are
+//! destroyed through the API (they outlive the daemon by design), then the daemon is
+//! stopped and its data dir deleted.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use hangar_client::Client;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_hangar");
+
+pub struct Daemon {
+    pub dir: tempfile::TempDir,
+    pub child: Option<Child>,
+    pub api: String,
+    pub token: String,
+}
+
+/// Skips (returning true) when the test cannot run here, saying why.
+pub fn skip_unless_root() -> bool {
+    if nix_is_root() {
+        return false;
+    }
+    eprintln!("skipped: needs root for namespaces, cgroups and mounts");
+    true
+}
+
+fn nix_is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+impl Daemon {
+    pub fn start() -> Daemon {
+        let dir = tempfile::Builder::new()
+            .prefix("hangar-test-")
+            .tempdir()
+            .expect("temp dir");
+        let mut daemon = Daemon {
+            dir,
+            child: None,
+            api: String::new(),
+            token: String::new(),
+        };
+        daemon.spawn();
+        daemon
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts `hangar serve` on the data dir and waits for its address line.
+    pub fn spawn(&mut self) {
+        let mut child = Command::new(BIN)
+            .args(["serve", "--api-listen", "127.0.0.1:0", "--data-dir"])
+            .arg(self.dir.path())
+            .env("HANGAR_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("starting hangar serve");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let api = loop {
+            match lines.next() {
+                Some(Ok(line)) => {
+                    if let Some(addr) = line.strip_prefix("api listening on ") {
+                        break addr.to_string();
+                    }
+                }
+                _ => {
+                    let status = child.wait().expect("waiting for hangar serve");
+                    panic!("hangar serve exited before listening: {status}");
+                }
+            }
+        };
+        // Keep draining stdout so the daemon never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        self.token = std::fs::read_to_string(self.dir.path().join("root-token"))
+            .expect("root token")
+            .trim()
+            .to_string();
+        self.api = api;
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: the daemon gets no chance to tidy up.
+    pub fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.api, &self.token)
+    }
+
+    /// The CLI, pointed at this daemon.
+    pub fn cli(&self) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.env("HANGAR_API", &self.api)
+            .env("HANGAR_TOKEN", &self.token);
+        cmd
+    }
+
+    /// Imports a busybox image as `reference` with the CLI.
+    pub fn import_busybox(&self, reference: &str) {
+        let rootfs = busybox_rootfs();
+        let out = self
+            .cli()
+            .args(["image", "import"])
+            .arg(rootfs.path())
+            .args(["--tag", reference])
+            .output()
+            .expect("running hangar image import");
+        assert!(
+            out.status.success(),
+            "import failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn cleanup(&mut self) {
+        if self.child.is_none() {
+            return;
+        }
+        let client = self.client();
+        let cleanup = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok(apps) = client.list_apps().await {
+                    for app in apps.apps {
+                        let _ = client.delete_app(&app.name).await;
+                    }
+                }
+            });
+        });
+        let _ = cleanup.join();
+        if let Some(child) = self.child.take() {
+            let pid = child.id() as i32;
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let mut child = child;
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// A root filesystem with Debian's static busybox and its applets.
+pub fn busybox_rootfs() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new()
+        .prefix("hangar-busybox-")
+        .tempdir()
+        .expect("temp dir");
+    let root = dir.path();
+    for sub in ["bin", "etc", "tmp", "root", "proc", "sys", "dev"] {
+        std::fs::create_dir_all(root.join(sub)).unwrap();
+    }
+    let busybox = PathBuf::from("/bin/busybox");
+    assert!(
+        busybox.exists(),
+        "busybox-static is not installed (scripts/install-deps installs it)"
+    );
+    std::fs::copy(&busybox, root.join("bin/busybox")).unwrap();
+    let list = Command::new(&busybox)
+        .arg("--list")
+        .output()
+        .expect("busybox --list");
+    for applet in String::from_utf8_lossy(&list.stdout).lines() {
+        if applet != "busybox" {
+            let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
+        }
+    }
+    std::fs::write(
+        root.join("etc/passwd"),
+        "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n",
+    )
+    .unwrap();
+    std::fs::write(root.join("etc/group"), "root:x:0:\nnogroup:x:65534:\n").unwrap();
+    dir
+}
+
+/// Waits for a condition the API cannot wait on for us, polling with a deadline.
+pub async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
