@@ -125,6 +125,11 @@ impl Init {
         sys::set_cloexec(listener)?;
         sys::set_cloexec(log_fd)?;
         sys::set_nonblocking(listener, true)?;
+        // Processes in the machine run as the same root with the same capabilities;
+        // without this they could open init's control socket and the host log file
+        // through /proc/1/fd.
+        // SAFETY: prctl with integer arguments.
+        unsafe { libc::prctl(libc::PR_SET_DUMPABLE, 0, 0, 0, 0) };
         // SAFETY: getpid has no preconditions.
         let pid1 = unsafe { libc::getpid() } == 1;
         if !pid1 {

@@ -341,6 +341,23 @@ async fn lifecycle(env: Arc<Env>) {
         .unwrap();
     assert!(!unshare.status.success());
 
+    // Init's descriptors (control socket, host log file) are out of reach.
+    for fd in 0..8 {
+        let path = format!("/proc/1/fd/{fd}");
+        let peek = d.exec(&id, &exec_spec(&["readlink", &path])).await.unwrap();
+        assert!(
+            !peek.status.success(),
+            "{path} -> {:?}",
+            String::from_utf8_lossy(&peek.stdout)
+        );
+        let script = format!("echo forged >> {path}");
+        let write = d
+            .exec(&id, &exec_spec(&["sh", "-c", &script]))
+            .await
+            .unwrap();
+        assert!(!write.status.success(), "{path} is writable");
+    }
+
     let mut cat = exec_spec(&["cat"]);
     cat.stdin = b"to stdin".to_vec();
     assert_eq!(d.exec(&id, &cat).await.unwrap().stdout, b"to stdin");

@@ -179,13 +179,21 @@ impl Cgroups {
         match &self.layout {
             Layout::V2(_) => {
                 let dir = self.controller_dir("", id).unwrap_or_default();
-                write(&dir.join("cpu.max"), &format!("{quota} {CPU_PERIOD_US}"))?;
-                write(&dir.join("memory.max"), &memory.to_string())?;
-                let swap = dir.join("memory.swap.max");
-                if swap.exists() {
-                    write(&swap, "0")?;
+                // A controller the host does not delegate has no files: its limit is
+                // skipped rather than failing the machine.
+                for (file, value) in [
+                    ("cpu.max", format!("{quota} {CPU_PERIOD_US}")),
+                    ("memory.max", memory.to_string()),
+                    ("memory.swap.max", "0".to_string()),
+                    ("pids.max", r.pids_max.to_string()),
+                ] {
+                    let path = dir.join(file);
+                    if path.exists() {
+                        write(&path, &value)?;
+                    } else {
+                        tracing::warn!(machine = %id, file, "cgroup limit not available on this host");
+                    }
                 }
-                write(&dir.join("pids.max"), &r.pids_max.to_string())?;
             }
             Layout::V1(_) => {
                 if let Some(dir) = self.controller_dir("cpu", id) {
