@@ -27,12 +27,12 @@ pub fn validate(config: &MachineConfig) -> Result<()> {
         validate_guest(guest)?;
     }
     if let Some(restart) = &config.restart {
-        if let Some(policy) = &restart.policy {
-            if !RESTART_POLICIES.contains(&policy.as_str()) {
-                return Err(Error::invalid_config(format!(
-                    "config.restart.policy {policy:?} is not known: use \"no\", \"always\" or \"on-failure\""
-                )));
-            }
+        if let Some(policy) = &restart.policy
+            && !RESTART_POLICIES.contains(&policy.as_str())
+        {
+            return Err(Error::invalid_config(format!(
+                "config.restart.policy {policy:?} is not known: use \"no\", \"always\" or \"on-failure\""
+            )));
         }
         if restart.max_retries.is_some_and(|n| n < 0) {
             return Err(Error::invalid_config(
@@ -231,10 +231,10 @@ pub fn parse_signal(name: &str) -> Result<i32> {
         ("WINCH", 28),
     ];
     let trimmed = name.trim();
-    if let Ok(n) = trimmed.parse::<i32>() {
-        if (1..=64).contains(&n) {
-            return Ok(n);
-        }
+    if let Ok(n) = trimmed.parse::<i32>()
+        && (1..=64).contains(&n)
+    {
+        return Ok(n);
     }
     let bare = trimmed.strip_prefix("SIG").unwrap_or(trimmed);
     SIGNALS
@@ -270,7 +270,7 @@ pub fn parse_duration(value: &serde_json::Value) -> Result<std::time::Duration> 
 fn parse_go_duration(s: &str) -> Option<std::time::Duration> {
     let s = s.trim();
     if let Ok(secs) = s.parse::<f64>() {
-        return (secs.is_finite() && secs >= 0.0 && secs < 1e9)
+        return (secs.is_finite() && (0.0..1e9).contains(&secs))
             .then(|| std::time::Duration::from_secs_f64(secs));
     }
     let mut total = 0f64;

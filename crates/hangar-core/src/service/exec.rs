@@ -89,31 +89,6 @@ impl Service {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cmd_string_is_split() {
-        let req = MachineExecRequest {
-            cmd: Some("ls  -l /".into()),
-            ..Default::default()
-        };
-        assert_eq!(ExecRequest::try_from(req).unwrap().argv, ["ls", "-l", "/"]);
-    }
-
-    #[test]
-    fn empty_and_oversized_requests_are_refused() {
-        assert!(ExecRequest::try_from(MachineExecRequest::default()).is_err());
-        let req = MachineExecRequest {
-            command: Some(vec!["true".into()]),
-            timeout: Some(999_999),
-            ..Default::default()
-        };
-        assert!(ExecRequest::try_from(req).is_err());
-    }
-}
-
 impl Service {
     /// The processes running in a started machine.
     pub async fn ps(&self, app: &str, id: &str) -> Result<Vec<hangar_types::ProcessStat>> {
@@ -137,5 +112,30 @@ impl Service {
                     .collect(),
             })
             .collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmd_string_is_split() {
+        let req = MachineExecRequest {
+            cmd: Some("ls  -l /".into()),
+            ..Default::default()
+        };
+        assert_eq!(ExecRequest::try_from(req).unwrap().argv, ["ls", "-l", "/"]);
+    }
+
+    #[test]
+    fn empty_and_oversized_requests_are_refused() {
+        assert!(ExecRequest::try_from(MachineExecRequest::default()).is_err());
+        let req = MachineExecRequest {
+            command: Some(vec!["true".into()]),
+            timeout: Some(999_999),
+            ..Default::default()
+        };
+        assert!(ExecRequest::try_from(req).is_err());
     }
 }

@@ -135,16 +135,16 @@ impl Service {
         let _guard = self.lock(&machine.id).await;
         let mut machine = self.reload(&machine).await?;
         self.check_lease(&machine, caller)?;
-        if let Some(version) = &req.current_version {
-            if *version != machine.instance_id {
-                return Err(Error::request(
-                    ErrorCode::VersionMismatch,
-                    format!(
-                        "current_version {version:?} is not the machine's instance_id {:?}; fetch the machine again and retry",
-                        machine.instance_id
-                    ),
-                ));
-            }
+        if let Some(version) = &req.current_version
+            && *version != machine.instance_id
+        {
+            return Err(Error::request(
+                ErrorCode::VersionMismatch,
+                format!(
+                    "current_version {version:?} is not the machine's instance_id {:?}; fetch the machine again and retry",
+                    machine.instance_id
+                ),
+            ));
         }
         config::validate(&req.config)?;
         let image = self.images.resolve(&req.config.image, None).await?;
