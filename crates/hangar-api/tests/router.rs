@@ -11,7 +11,7 @@ use axum::http::{Method, Request, StatusCode};
 use hangar_api::{AppState, auth::Token};
 use hangar_core::driver::ExitStatus;
 use hangar_core::image::{
-    Image, ImageConfig, ImageError, ImageSource, ImageStore, ProgressFn, TarStream,
+    Image, ImageConfig, ImageError, ImageSource, ImageStore, ProgressFn, PruneStats, TarStream,
 };
 use hangar_core::{MachineId, Service};
 use hangar_runtime::FakeDriver;
@@ -71,8 +71,8 @@ impl ImageStore for MemoryImages {
         self.images.lock().unwrap().remove(reference);
         Ok(())
     }
-    async fn prune(&self, _keep: &[PathBuf]) -> Result<u64, ImageError> {
-        Ok(0)
+    async fn prune(&self, _keep: &[PathBuf]) -> Result<PruneStats, ImageError> {
+        Ok(PruneStats::default())
     }
 }
 

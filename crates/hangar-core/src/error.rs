@@ -55,13 +55,12 @@ impl Error {
                 ImageError::InvalidReference(_)
                 | ImageError::UnsafeEntry { .. }
                 | ImageError::BadArchive(_) => ErrorCode::BadRequest,
-                ImageError::InUse { .. } => ErrorCode::InvalidState,
-                ImageError::Unauthorized { .. } => ErrorCode::Unauthorized,
-                ImageError::NoMatchingPlatform { .. } => ErrorCode::InvalidConfig,
-                ImageError::Unreachable { .. } => ErrorCode::Unavailable,
-                ImageError::DigestMismatch { .. }
-                | ImageError::Io { .. }
-                | ImageError::Other(_) => ErrorCode::Internal,
+                ImageError::InUse { .. } => ErrorCode::ImageInUse,
+                ImageError::Unauthorized { .. } => ErrorCode::RegistryUnauthorized,
+                ImageError::NoMatchingPlatform { .. } => ErrorCode::NoMatchingPlatform,
+                ImageError::Unreachable { .. } => ErrorCode::RegistryUnreachable,
+                ImageError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
+                ImageError::Io { .. } | ImageError::Other(_) => ErrorCode::Internal,
             },
             Error::Store(_) | Error::Internal(_) => ErrorCode::Internal,
         }
@@ -81,12 +80,47 @@ impl Error {
             Error::Driver(DriverError::InvalidCommand(why)) => {
                 format!("the command cannot be run: {why}")
             }
-            Error::Image(ImageError::NotFound { reference }) => format!(
-                "image {reference:?} was not found; import it (hangar image import) or check the name and tag"
-            ),
-            Error::Image(err) if self.code() != ErrorCode::Internal => err.to_string(),
-            _ => "internal error; the cause was logged on the server, try again or report it"
-                .to_string(),
+            Error::Image(err) => match image_message(err) {
+                Some(message) => message,
+                None => INTERNAL.to_string(),
+            },
+            _ => INTERNAL.to_string(),
         }
     }
+}
+
+const INTERNAL: &str = "internal error; the cause was logged on the server, try again or report it";
+
+/// What an image failure means to the caller and what to do about it; `None` for our
+/// own faults, whose cause is logged instead.
+fn image_message(err: &ImageError) -> Option<String> {
+    Some(match err {
+        ImageError::NotFound { reference } => format!(
+            "image {reference:?} was not found locally or in its registry; check the repository and tag, \
+             name a registry to pull from (registry.example:5000/repo:tag) or import it (hangar image import)"
+        ),
+        ImageError::InvalidReference(reference) => format!(
+            "{reference:?} is not a valid image reference; use [registry[:port]/]repository[:tag][@sha256:...] in lower case"
+        ),
+        ImageError::Unauthorized { registry } => format!(
+            "registry {registry} refused the credentials (or asked for some); log in with `hangar registry login {registry}` \
+             (POST /v1/registries/{registry}/login) and retry"
+        ),
+        ImageError::Unreachable { registry, reason } => format!(
+            "registry {registry} cannot be reached ({reason}); check that it is running and the host and port are right, then retry"
+        ),
+        ImageError::DigestMismatch { digest, actual } => format!(
+            "content for {digest} arrived as {actual} and was discarded; the registry or a proxy altered it, retry or repair the registry"
+        ),
+        ImageError::NoMatchingPlatform { reference } => format!(
+            "image {reference:?} has no linux/amd64 variant; pick a tag built for linux/amd64"
+        ),
+        ImageError::InUse { reference, users } => format!(
+            "image {reference:?} is used by {users}; destroy those machines first"
+        ),
+        ImageError::UnsafeEntry { .. } | ImageError::BadArchive(_) => {
+            format!("{err}; the image cannot be unpacked safely, rebuild it")
+        }
+        ImageError::Io { .. } | ImageError::Other(_) => return None,
+    })
 }

@@ -74,6 +74,42 @@ pub enum PullProgress {
 
 pub type ProgressFn = Box<dyn Fn(PullProgress) + Send + Sync>;
 
+/// One unpacked layer of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LayerInfo {
+    /// `sha256:` of the uncompressed layer.
+    pub diff_id: String,
+    /// Unpacked bytes.
+    pub size: u64,
+    pub path: PathBuf,
+}
+
+/// What [`ImageStore::prune`] removed.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PruneStats {
+    pub bytes_freed: u64,
+    pub layers_removed: u64,
+}
+
+/// How to log in to a registry. The password's `Debug` is redacted.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct RegistryCredentials {
+    pub username: String,
+    pub password: String,
+    /// Speak plain HTTP to it.
+    pub insecure: bool,
+}
+
+impl std::fmt::Debug for RegistryCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RegistryCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("insecure", &self.insecure)
+            .finish()
+    }
+}
+
 /// Bytes of a tar stream being imported.
 pub type TarStream = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 
@@ -137,6 +173,50 @@ pub trait ImageStore: Send + Sync + 'static {
     async fn remove(&self, reference: &str) -> Result<(), ImageError>;
 
     /// Removes layers that no image references and that are not in `keep`
-    /// (layers machines or checkpoints still use). Returns bytes freed.
-    async fn prune(&self, keep: &[PathBuf]) -> Result<u64, ImageError>;
+    /// (layers machines or checkpoints still use).
+    async fn prune(&self, keep: &[PathBuf]) -> Result<PruneStats, ImageError>;
+
+    /// Pulls `reference` from its registry even when a local image has that name, so a
+    /// moved tag is followed. Layers already in the store are not downloaded again.
+    async fn pull(
+        &self,
+        reference: &str,
+        progress: Option<ProgressFn>,
+    ) -> Result<Image, ImageError> {
+        self.resolve(reference, progress).await
+    }
+
+    /// The local image `reference` names, with its layers; never pulls.
+    async fn inspect(&self, reference: &str) -> Result<(Image, Vec<LayerInfo>), ImageError> {
+        let image = self
+            .list()
+            .await?
+            .into_iter()
+            .find(|i| i.reference == reference)
+            .ok_or_else(|| ImageError::NotFound {
+                reference: reference.to_string(),
+            })?;
+        let layers = image
+            .layers
+            .iter()
+            .map(|p| LayerInfo {
+                diff_id: String::new(),
+                size: 0,
+                path: p.clone(),
+            })
+            .collect();
+        Ok((image, layers))
+    }
+
+    /// Stores credentials (and the plain-HTTP flag) for `registry` (`host[:port]`).
+    async fn set_registry_credentials(
+        &self,
+        registry: &str,
+        credentials: RegistryCredentials,
+    ) -> Result<(), ImageError> {
+        let _ = credentials;
+        Err(ImageError::Other(format!(
+            "this image store cannot keep credentials for {registry}"
+        )))
+    }
 }

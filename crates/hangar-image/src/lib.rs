@@ -21,7 +21,10 @@ pub mod unpack;
 use std::path::PathBuf;
 
 use async_trait::async_trait;
-use hangar_core::image::{Image, ImageError, ImageStore, ProgressFn, TarStream};
+use hangar_core::image::{
+    Image, ImageError, ImageStore, LayerInfo, ProgressFn, PruneStats, RegistryCredentials,
+    TarStream,
+};
 
 pub use archive::{ArchiveKind, LOCAL_REGISTRY};
 pub use reference::Reference;
@@ -76,12 +79,42 @@ impl ImageStore for LocalImageStore {
         self.remove_record(reference)
     }
 
-    async fn prune(&self, keep: &[PathBuf]) -> Result<u64, ImageError> {
+    async fn prune(&self, keep: &[PathBuf]) -> Result<PruneStats, ImageError> {
         let _gc = self.inner.gc.write().await;
         let store = self.clone();
         let keep = keep.to_vec();
         tokio::task::spawn_blocking(move || store.prune_blocking(&keep))
             .await
             .map_err(|e| ImageError::Other(format!("prune task failed: {e}")))?
+    }
+
+    async fn pull(
+        &self,
+        reference: &str,
+        progress: Option<ProgressFn>,
+    ) -> Result<Image, ImageError> {
+        LocalImageStore::pull(self, reference, progress).await
+    }
+
+    async fn inspect(&self, reference: &str) -> Result<(Image, Vec<LayerInfo>), ImageError> {
+        self.inspect_record(reference)
+    }
+
+    async fn set_registry_credentials(
+        &self,
+        registry: &str,
+        credentials: RegistryCredentials,
+    ) -> Result<(), ImageError> {
+        let settings = RegistrySettings {
+            username: Some(credentials.username).filter(|u| !u.is_empty()),
+            password: Some(Secret(credentials.password)).filter(|p| !p.0.is_empty()),
+            token: None,
+            insecure: credentials.insecure,
+        };
+        let store = self.clone();
+        let registry = registry.to_string();
+        tokio::task::spawn_blocking(move || store.set_registry(&registry, settings))
+            .await
+            .map_err(|e| ImageError::Other(format!("saving credentials failed: {e}")))?
     }
 }

@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-use hangar_core::image::{Image, ImageConfig, ImageError, ImageSource};
+use hangar_core::image::{Image, ImageConfig, ImageError, ImageSource, LayerInfo, PruneStats};
 use serde::{Deserialize, Serialize};
 
 use crate::blob::{UnpackedBlob, digest_hex, sha256_digest, unpack_blob};
@@ -329,7 +329,7 @@ impl LocalImageStore {
     }
 
     /// Removes layers (and kept blobs) no image refers to and not in `keep`.
-    pub(crate) fn prune_blocking(&self, keep: &[PathBuf]) -> Result<u64, ImageError> {
+    pub(crate) fn prune_blocking(&self, keep: &[PathBuf]) -> Result<PruneStats, ImageError> {
         let mut used: HashSet<String> = HashSet::new();
         for rec in self.records()? {
             for l in rec.layers {
@@ -340,6 +340,7 @@ impl LocalImageStore {
         }
         let layers = self.inner.dir.join("layers");
         let mut freed = 0;
+        let mut removed = 0;
         let mut used_blobs: HashSet<String> = HashSet::new();
         for entry in std::fs::read_dir(&layers).map_err(|e| ImageError::io("list layers", e))? {
             let entry = entry.map_err(|e| ImageError::io("list layers", e))?;
@@ -360,6 +361,7 @@ impl LocalImageStore {
             std::fs::rename(&dir, &doomed).map_err(|e| ImageError::io("remove layer", e))?;
             remove_tree(&doomed);
             freed += record.map(|r| r.size).unwrap_or(0);
+            removed += 1;
         }
         let blobs = self.inner.dir.join("blobs/sha256");
         for entry in std::fs::read_dir(&blobs).map_err(|e| ImageError::io("list blobs", e))? {
@@ -370,7 +372,31 @@ impl LocalImageStore {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(freed)
+        Ok(PruneStats {
+            bytes_freed: freed,
+            layers_removed: removed,
+        })
+    }
+
+    /// The local image `reference` names, with each layer's digest and size.
+    pub(crate) fn inspect_record(
+        &self,
+        reference: &str,
+    ) -> Result<(Image, Vec<LayerInfo>), ImageError> {
+        let r = Reference::parse(reference)?;
+        let rec = self.find(&r)?.ok_or_else(|| ImageError::NotFound {
+            reference: r.to_string(),
+        })?;
+        let image = self.image_from_record(&rec)?;
+        let mut layers = Vec::with_capacity(rec.layers.len());
+        for (diff_id, path) in rec.layers.iter().zip(&image.layers) {
+            layers.push(LayerInfo {
+                diff_id: diff_id.clone(),
+                size: self.read_layer(diff_id)?.size,
+                path: path.clone(),
+            });
+        }
+        Ok((image, layers))
     }
 }
 

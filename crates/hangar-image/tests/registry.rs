@@ -401,8 +401,14 @@ async fn pulls_match_skopeo_and_umoci() {
     // Remove and prune: v2's upper layer goes once nothing needs it.
     assert_eq!(st.list().await.unwrap().len(), 2);
     st.remove(&format!("{name}:v2")).await.unwrap();
-    assert_eq!(st.prune(&[image.layers[1].clone()]).await.unwrap(), 0);
-    let freed = st.prune(&[]).await.unwrap();
+    assert_eq!(
+        st.prune(&[image.layers[1].clone()])
+            .await
+            .unwrap()
+            .bytes_freed,
+        0
+    );
+    let freed = st.prune(&[]).await.unwrap().bytes_freed;
     assert!(freed > 0);
     assert!(!image.layers[1].exists());
     assert!(v1.layers[0].exists());

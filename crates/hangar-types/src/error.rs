@@ -29,7 +29,18 @@ pub enum ErrorCode {
     AppNotEmpty,
     MachineNotFound,
     MachineExists,
+    /// No such image locally or in its registry (404).
     ImageNotFound,
+    /// An image is still used by a machine (409).
+    ImageInUse,
+    /// The registry refused our credentials (403: 401 is for hangar's own token).
+    RegistryUnauthorized,
+    /// The registry could not be reached or answered with a server error (502).
+    RegistryUnreachable,
+    /// Content from the registry did not match its digest (502).
+    DigestMismatch,
+    /// The image has no linux/amd64 variant (422).
+    NoMatchingPlatform,
     /// The machine config is not acceptable (422).
     InvalidConfig,
     /// The machine is in a state that does not allow the operation (409).
@@ -64,6 +75,11 @@ impl ErrorCode {
             ErrorCode::MachineNotFound => "machine_not_found",
             ErrorCode::MachineExists => "machine_exists",
             ErrorCode::ImageNotFound => "image_not_found",
+            ErrorCode::ImageInUse => "image_in_use",
+            ErrorCode::RegistryUnauthorized => "registry_unauthorized",
+            ErrorCode::RegistryUnreachable => "registry_unreachable",
+            ErrorCode::DigestMismatch => "digest_mismatch",
+            ErrorCode::NoMatchingPlatform => "no_matching_platform",
             ErrorCode::InvalidConfig => "invalid_config",
             ErrorCode::InvalidState => "invalid_state",
             ErrorCode::LeaseHeld => "lease_held",
@@ -82,7 +98,7 @@ impl ErrorCode {
         match self {
             ErrorCode::BadRequest => 400,
             ErrorCode::Unauthorized => 401,
-            ErrorCode::Forbidden => 403,
+            ErrorCode::Forbidden | ErrorCode::RegistryUnauthorized => 403,
             ErrorCode::NotFound
             | ErrorCode::AppNotFound
             | ErrorCode::MachineNotFound
@@ -93,11 +109,13 @@ impl ErrorCode {
             | ErrorCode::AppNotEmpty
             | ErrorCode::MachineExists
             | ErrorCode::InvalidState
+            | ErrorCode::ImageInUse
             | ErrorCode::LeaseHeld => 409,
             ErrorCode::LeaseMismatch | ErrorCode::VersionMismatch => 412,
             ErrorCode::PayloadTooLarge => 413,
-            ErrorCode::InvalidConfig => 422,
+            ErrorCode::InvalidConfig | ErrorCode::NoMatchingPlatform => 422,
             ErrorCode::Internal => 500,
+            ErrorCode::RegistryUnreachable | ErrorCode::DigestMismatch => 502,
             ErrorCode::Unavailable => 503,
         }
     }
@@ -117,6 +135,11 @@ mod tests {
     fn code_strings_match_serde() {
         for code in [
             ErrorCode::ImageNotFound,
+            ErrorCode::ImageInUse,
+            ErrorCode::RegistryUnauthorized,
+            ErrorCode::RegistryUnreachable,
+            ErrorCode::DigestMismatch,
+            ErrorCode::NoMatchingPlatform,
             ErrorCode::InvalidConfig,
             ErrorCode::LeaseMismatch,
             ErrorCode::PayloadTooLarge,

@@ -6,7 +6,9 @@
 //! hangar crate. The CLI, the client, the API and the MCP server all share it.
 
 pub mod error;
+pub mod image;
 pub mod machine;
 
 pub use error::{ErrorCode, ErrorResponse};
+pub use image::*;
 pub use machine::*;

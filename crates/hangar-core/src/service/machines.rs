@@ -37,7 +37,7 @@ impl Service {
             }
             None => friendly_name(),
         };
-        let image = self.images.resolve(&req.config.image, None).await?;
+        let (image, pull) = self.resolve_for_machine(&req.config.image).await?;
         let id = MachineId::generate();
         // Refuse a config whose command cannot be worked out before creating anything.
         config::process(id.as_str(), app, &req.config, &image.config)?;
@@ -75,6 +75,7 @@ impl Service {
             Err(err) => return Err(err.into()),
         }
         let _guard = self.lock(&id).await;
+        self.record_pull(&machine, pull).await;
         self.event(
             &machine,
             "launch",
