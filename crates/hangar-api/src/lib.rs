@@ -81,6 +81,13 @@ pub fn router(state: AppState) -> Router {
             "/v1/images/import",
             post(images::import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)),
         )
+        .route("/v1/images/pull", post(images::pull))
+        .route("/v1/images/prune", post(images::prune))
+        .route(
+            "/v1/images/{reference}",
+            get(images::inspect).delete(images::remove),
+        )
+        .route("/v1/registries/{host}/login", post(images::login))
         .route("/v1/openapi.json", get(openapi::serve))
         .route("/metrics", get(ops::metrics))
         .layer(middleware::from_fn_with_state(

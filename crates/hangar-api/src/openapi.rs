@@ -7,7 +7,7 @@ use crate::{images, machines};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, logs, suspend)."),
+    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend)."),
     paths(
         machines::list_apps, machines::create_app, machines::get_app, machines::delete_app,
         machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
@@ -15,7 +15,8 @@ use crate::{images, machines};
         machines::suspend, machines::wait, machines::exec, machines::events, machines::ps, machines::logs,
         machines::create_lease, machines::get_lease, machines::release_lease,
         machines::get_metadata, machines::set_metadata, machines::delete_metadata,
-        images::list, images::import,
+        images::list, images::import, images::pull, images::inspect, images::remove,
+        images::prune, images::login,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))
