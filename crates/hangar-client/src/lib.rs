@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use hangar_types::*;
-use reqwest::{Method, RequestBuilder, StatusCode};
+pub use reqwest::{Method, StatusCode};
+use reqwest::RequestBuilder;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -367,6 +368,60 @@ impl Client {
         self.json(req).await
     }
 
+    /// Pulls `reference` from its registry and waits for it.
+    pub async fn pull_image(&self, reference: &str) -> Result<ImageSummary> {
+        let req = PullImageRequest {
+            reference: reference.into(),
+        };
+        self.call(Method::POST, "/v1/images/pull", Some(&req)).await
+    }
+
+    /// Pulls `reference`, reporting progress as it goes. The stream ends after a
+    /// [`PullEvent::Done`] or [`PullEvent::Error`].
+    pub async fn pull_image_events(
+        &self,
+        reference: &str,
+    ) -> Result<impl Stream<Item = Result<PullEvent>> + use<>> {
+        let req = self
+            .request(Method::POST, "/v1/images/pull")
+            .header("accept", "text/event-stream")
+            .json(&PullImageRequest {
+                reference: reference.into(),
+            });
+        let response = self.send(req).await?;
+        Ok(sse_data(response.bytes_stream()).map(|data| {
+            data.and_then(|d| {
+                serde_json::from_str(&d).map_err(|e| ClientError::Protocol(e.to_string()))
+            })
+        }))
+    }
+
+    pub async fn inspect_image(&self, reference: &str) -> Result<ImageDetails> {
+        let path = format!("/v1/images/{}", encode_segment(reference));
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// Forgets an image; refused with `image_in_use` while a machine uses it.
+    pub async fn remove_image(&self, reference: &str) -> Result<()> {
+        let path = format!("/v1/images/{}", encode_segment(reference));
+        self.call_empty::<()>(Method::DELETE, &path, None).await
+    }
+
+    pub async fn prune_images(&self) -> Result<PruneImagesResponse> {
+        self.call::<(), _>(Method::POST, "/v1/images/prune", None)
+            .await
+    }
+
+    /// Stores credentials for `registry` (`host[:port]`) in the daemon.
+    pub async fn registry_login(
+        &self,
+        registry: &str,
+        req: &RegistryLoginRequest,
+    ) -> Result<RegistryLoginResponse> {
+        let path = format!("/v1/registries/{}/login", encode_segment(registry));
+        self.call(Method::POST, &path, Some(req)).await
+    }
+
     /// A raw request, for tests and tools that need a status code.
     pub async fn raw(
         &self,
@@ -401,6 +456,20 @@ impl ClientError {
             _ => None,
         }
     }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters, so a reference
+/// (`host:port/repo:tag`) is one path segment.
+pub fn encode_segment(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// The `data:` payloads of a server-sent event stream.

@@ -6,6 +6,7 @@ mod app;
 mod image;
 mod machine;
 mod output;
+mod registry;
 
 use std::process::ExitCode;
 
@@ -39,9 +40,12 @@ pub enum Command {
     /// Run and manage machines.
     #[command(subcommand, alias = "m")]
     Machine(machine::MachineCommand),
-    /// Import and list images.
+    /// Pull, import, list, inspect, remove and prune images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// Registry credentials for pulls.
+    #[command(subcommand)]
+    Registry(registry::RegistryCommand),
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
@@ -51,6 +55,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::App(cmd) => app::run(&client(), cmd, cli.json).await,
         Command::Machine(cmd) => machine::run(&client(), cmd, cli.json).await,
         Command::Image(cmd) => image::run(&client(), cmd, cli.json).await,
+        Command::Registry(cmd) => registry::run(&client(), cmd, cli.json).await,
     }
 }
 
