@@ -159,13 +159,21 @@ async fn idle_machines(client: &Client, count: usize, runs: usize) -> Result<Vec
     tokio::time::sleep(Duration::from_secs(2)).await;
     let after = mem_available_kib()?;
     let per_machine = (before.saturating_sub(after)) as f64 / count as f64;
+    let charged = machine_memory(&ids)?;
     let probe = client.create_machine("bench", &request(false)).await?;
     let (start, exec) = start_and_exec(client, &probe.id, runs.min(100)).await?;
     let mut rows = vec![
         create.row(None),
         format!(
-            "| host memory per idle machine ({count} started `sleep`) | 1 | {:.0} KiB | | | | |",
-            per_machine
+            "| host MemAvailable drop per idle machine ({count} started `sleep`) | 1 | {per_machine:.0} KiB | | | | |"
+        ),
+        format!(
+            "| memory cgroup charge per idle machine (init + `sleep` + kernel objects) | {} | {:.0} KiB | | | | |",
+            charged.machines, charged.cgroup_kib
+        ),
+        format!(
+            "| init PSS per machine / guest processes' PSS per machine | {} | {:.0} KiB | | guest | {:.0} KiB | |",
+            charged.machines, charged.init_pss_kib, charged.guest_pss_kib
         ),
         start
             .renamed(&format!("start with {count} idle machines"))
@@ -184,6 +192,72 @@ async fn idle_machines(client: &Client, count: usize, runs: usize) -> Result<Vec
         destroy_began.elapsed().as_secs_f64()
     ));
     Ok(rows)
+}
+
+struct Charged {
+    machines: usize,
+    cgroup_kib: f64,
+    init_pss_kib: f64,
+    guest_pss_kib: f64,
+}
+
+/// Memory the machines' cgroups are charged, and the proportional set size of their
+/// processes, split into hangar's init and the guest's own.
+fn machine_memory(ids: &[String]) -> Result<Charged> {
+    let roots = ["/sys/fs/cgroup/memory", "/sys/fs/cgroup"];
+    let mut found = Charged {
+        machines: 0,
+        cgroup_kib: 0.0,
+        init_pss_kib: 0.0,
+        guest_pss_kib: 0.0,
+    };
+    for root in roots {
+        let Ok(parents) = std::fs::read_dir(root) else {
+            continue;
+        };
+        for parent in parents
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().starts_with("hangar-"))
+        {
+            for id in ids {
+                let dir = parent.path().join(id);
+                let usage = std::fs::read_to_string(dir.join("memory.usage_in_bytes"))
+                    .or_else(|_| std::fs::read_to_string(dir.join("memory.current")));
+                let Ok(usage) = usage else { continue };
+                found.machines += 1;
+                found.cgroup_kib += usage.trim().parse::<f64>().unwrap_or(0.0) / 1024.0;
+                for pid in std::fs::read_to_string(dir.join("cgroup.procs"))
+                    .unwrap_or_default()
+                    .lines()
+                {
+                    let pss = std::fs::read_to_string(format!("/proc/{pid}/smaps_rollup"))
+                        .unwrap_or_default()
+                        .lines()
+                        .find_map(|l| l.strip_prefix("Pss:"))
+                        .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
+                        .unwrap_or(0.0);
+                    let comm =
+                        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+                    if comm.starts_with("init") {
+                        found.init_pss_kib += pss;
+                    } else {
+                        found.guest_pss_kib += pss;
+                    }
+                }
+            }
+        }
+        if found.machines > 0 {
+            break;
+        }
+    }
+    anyhow::ensure!(found.machines > 0, "no machine cgroups found");
+    let n = found.machines as f64;
+    Ok(Charged {
+        cgroup_kib: found.cgroup_kib / n,
+        init_pss_kib: found.init_pss_kib / n,
+        guest_pss_kib: found.guest_pss_kib / n,
+        ..found
+    })
 }
 
 fn mem_available_kib() -> Result<u64> {
