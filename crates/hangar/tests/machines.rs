@@ -568,3 +568,121 @@ async fn kill9_during_operations_leaves_a_consistent_host() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_update_logs_and_metrics() {
+    if skip_unless_root() {
+        return;
+    }
+    let daemon = Daemon::start();
+    daemon.import_busybox("busybox:latest");
+    let client = daemon.client();
+    client.create_app("cfg", None).await.unwrap();
+
+    // config.files land in the machine before its process starts.
+    let mut cfg = config(&[
+        "sh",
+        "-c",
+        "cat /etc/app/greeting; mkfifo /tmp/feed; while true; do cat /tmp/feed; done",
+    ]);
+    cfg.files = vec![hangar_types::MachineFile {
+        guest_path: "/etc/app/greeting".into(),
+        raw_value: Some("aGVsbG8gZmlsZQo=".into()), // "hello file\n"
+        mode: Some(0o600),
+        ..Default::default()
+    }];
+    cfg.env.insert("COLOR".into(), "blue".into());
+    let m = client
+        .create_machine(
+            "cfg",
+            &CreateMachineRequest {
+                config: cfg.clone(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    let out = client
+        .exec(
+            "cfg",
+            &m.id,
+            &exec_req(&["sh", "-c", "stat -c %a /etc/app/greeting; echo $COLOR"]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "600\nblue\n");
+
+    // Following the log sees lines written after it started.
+    use futures::StreamExt;
+    // hangar's own notes (stream "init") are interleaved with the machine's output.
+    let mut follow = Box::pin(
+        client
+            .follow_logs("cfg", &m.id, 10)
+            .await
+            .unwrap()
+            .filter(|line| std::future::ready(line.as_ref().map_or(true, |l| l.stream != "init"))),
+    );
+    let first = follow.next().await.unwrap().unwrap();
+    assert_eq!(
+        (first.stream.as_str(), first.message.as_str()),
+        ("stdout", "hello file")
+    );
+    let out = client
+        .exec(
+            "cfg",
+            &m.id,
+            &exec_req(&[
+                "sh",
+                "-c",
+                "while [ ! -p /tmp/feed ]; do sleep 0.01; done; echo later > /tmp/feed",
+            ]),
+        )
+        .await
+        .unwrap();
+    assert_eq!(out.exit_code, 0);
+    let next = follow.next().await.unwrap().unwrap();
+    assert_eq!(
+        (next.stream.as_str(), next.message.as_str()),
+        ("stdout", "later")
+    );
+
+    // An update applies the new config and changes the instance id.
+    cfg.env.insert("COLOR".into(), "green".into());
+    let updated = client
+        .update_machine(
+            "cfg",
+            &m.id,
+            &hangar_types::UpdateMachineRequest {
+                config: cfg,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_ne!(updated.instance_id, m.instance_id);
+    assert_eq!(updated.state, "started");
+    let out = client
+        .exec("cfg", &m.id, &exec_req(&["sh", "-c", "echo $COLOR"]))
+        .await
+        .unwrap();
+    assert_eq!(out.stdout, "green\n");
+
+    // Metrics count machines by state.
+    let (status, _) = client
+        .raw(hangar_client::Method::GET, "/healthz", None)
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200);
+    let (status, body) = client
+        .raw(hangar_client::Method::GET, "/metrics", None)
+        .await
+        .unwrap();
+    assert_eq!(status.as_u16(), 200);
+    let text = body.as_str().unwrap();
+    assert!(
+        text.contains("hangar_machines{state=\"started\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("hangar_api_request_seconds"), "{text}");
+    drop(follow);
+}

@@ -149,6 +149,21 @@ impl Service {
         let Some(mut machine) = self.store.get_machine(id).await? else {
             return Ok(());
         };
+        // A stop-and-start under one lock (restart, update) delivers the old process's
+        // exit after the new one runs: that exit must not stop the new process.
+        if machine.state == MachineState::Started
+            && matches!(self.driver.observe(id).await, Ok(Observed::Running { .. }))
+        {
+            self.event(
+                &machine,
+                "exit",
+                "stopped",
+                "user",
+                exit_request(&status, true),
+            )
+            .await;
+            return Ok(());
+        }
         self.exited_locked(&mut machine, status).await
     }
 
@@ -164,12 +179,7 @@ impl Service {
             "exit",
             "stopped",
             if requested { "user" } else { "hangar" },
-            json!({"exit_event": {
-                "exit_code": status.code,
-                "signal": status.signal,
-                "oom_killed": status.oom_killed,
-                "requested_stop": requested,
-            }}),
+            exit_request(&status, requested),
         )
         .await;
         if requested {
@@ -227,4 +237,13 @@ impl Service {
         }
         Ok(())
     }
+}
+
+fn exit_request(status: &ExitStatus, requested: bool) -> serde_json::Value {
+    json!({"exit_event": {
+        "exit_code": status.code,
+        "signal": status.signal,
+        "oom_killed": status.oom_killed,
+        "requested_stop": requested,
+    }})
 }

@@ -62,7 +62,7 @@ impl Daemon {
         let mut child = Command::new(BIN)
             .args(["serve", "--api-listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.dir.path())
-            .env("HANGAR_LOG", "info")
+            .env("HANGAR_LOG", "warn")
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
