@@ -511,12 +511,12 @@ async fn kill9_during_operations_leaves_a_consistent_host() {
                         },
                     )
                     .await;
-                if let Ok(m) = created {
-                    if i % 2 == 0 {
-                        let _ = client
-                            .stop_machine("chaos", &m.id, &StopRequest::default())
-                            .await;
-                    }
+                if let Ok(m) = created
+                    && i % 2 == 0
+                {
+                    let _ = client
+                        .stop_machine("chaos", &m.id, &StopRequest::default())
+                        .await;
                 }
             }
         });
