@@ -8,8 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::{Stream, StreamExt};
 use hangar_types::*;
-pub use reqwest::{Method, StatusCode};
 use reqwest::RequestBuilder;
+pub use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -347,6 +347,90 @@ impl Client {
             req = req.header("fly-machine-lease-nonce", nonce);
         }
         self.json(req).await
+    }
+
+    // Checkpoints.
+
+    pub async fn create_checkpoint(
+        &self,
+        app: &str,
+        id: &str,
+        name: Option<&str>,
+    ) -> Result<Checkpoint> {
+        let req = CreateCheckpointRequest {
+            name: name.map(Into::into),
+        };
+        let path = format!("/v1/apps/{app}/machines/{id}/checkpoints");
+        self.call(Method::POST, &path, Some(&req)).await
+    }
+
+    pub async fn list_checkpoints(&self, app: &str, id: &str) -> Result<Vec<Checkpoint>> {
+        let path = format!("/v1/apps/{app}/machines/{id}/checkpoints");
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// `checkpoint` is an id or a name.
+    pub async fn get_checkpoint(
+        &self,
+        app: &str,
+        id: &str,
+        checkpoint: &str,
+    ) -> Result<Checkpoint> {
+        let path = format!(
+            "/v1/apps/{app}/machines/{id}/checkpoints/{}",
+            encode_segment(checkpoint)
+        );
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn delete_checkpoint(&self, app: &str, id: &str, checkpoint: &str) -> Result<()> {
+        let path = format!(
+            "/v1/apps/{app}/machines/{id}/checkpoints/{}",
+            encode_segment(checkpoint)
+        );
+        self.call_empty::<()>(Method::DELETE, &path, None).await
+    }
+
+    /// Puts the machine's root filesystem back to `checkpoint`; a started machine is
+    /// restarted into it.
+    pub async fn restore_checkpoint(
+        &self,
+        app: &str,
+        id: &str,
+        checkpoint: &str,
+    ) -> Result<Checkpoint> {
+        let path = format!(
+            "/v1/apps/{app}/machines/{id}/checkpoints/{}/restore",
+            encode_segment(checkpoint)
+        );
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
+    /// What changed from `checkpoint` to `to` (another checkpoint, or the current
+    /// state when `None`).
+    pub async fn diff_checkpoint(
+        &self,
+        app: &str,
+        id: &str,
+        checkpoint: &str,
+        to: Option<&str>,
+    ) -> Result<CheckpointDiff> {
+        let path = format!(
+            "/v1/apps/{app}/machines/{id}/checkpoints/{}/diff?to={}",
+            encode_segment(checkpoint),
+            encode_segment(to.unwrap_or("current"))
+        );
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn fork_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: &ForkMachineRequest,
+    ) -> Result<ForkMachineResponse> {
+        let path = format!("/v1/apps/{app}/machines/{id}/fork");
+        self.call(Method::POST, &path, Some(req)).await
     }
 
     // Images.

@@ -49,6 +49,7 @@ impl Error {
             Error::Transition(_) => ErrorCode::InvalidState,
             Error::Driver(DriverError::NotRunning(_)) => ErrorCode::InvalidState,
             Error::Driver(DriverError::InvalidCommand(_)) => ErrorCode::BadRequest,
+            Error::Driver(DriverError::Unsupported(_)) => ErrorCode::Unsupported,
             Error::Driver(_) => ErrorCode::Internal,
             Error::Image(err) => match err {
                 ImageError::NotFound { .. } => ErrorCode::ImageNotFound,
@@ -79,6 +80,9 @@ impl Error {
             }
             Error::Driver(DriverError::InvalidCommand(why)) => {
                 format!("the command cannot be run: {why}")
+            }
+            Error::Driver(DriverError::Unsupported(why)) => {
+                format!("this host cannot do that: {why}")
             }
             Error::Image(err) => match image_message(err) {
                 Some(message) => message,
@@ -115,9 +119,9 @@ fn image_message(err: &ImageError) -> Option<String> {
         ImageError::NoMatchingPlatform { reference } => format!(
             "image {reference:?} has no linux/amd64 variant; pick a tag built for linux/amd64"
         ),
-        ImageError::InUse { reference, users } => format!(
-            "image {reference:?} is used by {users}; destroy those machines first"
-        ),
+        ImageError::InUse { reference, users } => {
+            format!("image {reference:?} is used by {users}; destroy those machines first")
+        }
         ImageError::UnsafeEntry { .. } | ImageError::BadArchive(_) => {
             format!("{err}; the image cannot be unpacked safely, rebuild it")
         }
