@@ -567,9 +567,26 @@ impl Unpacker {
                 .collect::<Vec<_>>()
                 .join("/");
             let mut fd = dup(&self.root)?;
+            let mut replaced = false;
             for comp in &d.comps {
-                fd = open_dir_at(fd.as_raw_fd(), comp)
-                    .map_err(|e| ImageError::io(format!("reopen directory {shown:?}"), e))?;
+                fd = match open_dir_at(fd.as_raw_fd(), comp) {
+                    Ok(fd) => fd,
+                    // A later entry replaced the directory (or one above it) with a
+                    // file or a link: its metadata no longer applies to anything.
+                    Err(e)
+                        if matches!(
+                            e.raw_os_error(),
+                            Some(libc::ENOTDIR | libc::ENOENT | libc::ELOOP)
+                        ) =>
+                    {
+                        replaced = true;
+                        break;
+                    }
+                    Err(e) => return Err(ImageError::io(format!("reopen directory {shown:?}"), e)),
+                };
+            }
+            if replaced {
+                continue;
             }
             fchmod(fd.as_raw_fd(), Mode::from_bits_truncate(d.mode))
                 .map_err(|e| ImageError::io(format!("chmod {shown:?}"), e.into()))?;
