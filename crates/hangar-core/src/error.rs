@@ -61,6 +61,7 @@ impl Error {
                 ImageError::NoMatchingPlatform { .. } => ErrorCode::NoMatchingPlatform,
                 ImageError::Unreachable { .. } => ErrorCode::RegistryUnreachable,
                 ImageError::DigestMismatch { .. } => ErrorCode::DigestMismatch,
+                ImageError::Unsupported(_) => ErrorCode::Unsupported,
                 ImageError::Io { .. } | ImageError::Other(_) => ErrorCode::Internal,
             },
             Error::Store(_) | Error::Internal(_) => ErrorCode::Internal,
@@ -125,6 +126,7 @@ fn image_message(err: &ImageError) -> Option<String> {
         ImageError::UnsafeEntry { .. } | ImageError::BadArchive(_) => {
             format!("{err}; the image cannot be unpacked safely, rebuild it")
         }
+        ImageError::Unsupported(what) => format!("this server's image store cannot {what}"),
         ImageError::Io { .. } | ImageError::Other(_) => return None,
     })
 }

@@ -110,6 +110,20 @@ impl std::fmt::Debug for RegistryCredentials {
     }
 }
 
+/// What [`ImageStore::push`] uploaded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PushResult {
+    /// The reference pushed to, normalised.
+    pub reference: String,
+    /// `sha256:...` of the manifest the registry now holds.
+    pub digest: String,
+    pub layers: usize,
+    /// Layers the registry already had, not uploaded again.
+    pub layers_present: usize,
+    /// Compressed bytes uploaded.
+    pub bytes_uploaded: u64,
+}
+
 /// Bytes of a tar stream being imported.
 pub type TarStream = Pin<Box<dyn tokio::io::AsyncRead + Send>>;
 
@@ -133,6 +147,8 @@ pub enum ImageError {
     InUse { reference: String, users: String },
     #[error("bad archive: {0}")]
     BadArchive(String),
+    #[error("this image store cannot {0}")]
+    Unsupported(String),
     #[error("{context}")]
     Io {
         context: String,
@@ -206,6 +222,17 @@ pub trait ImageStore: Send + Sync + 'static {
             })
             .collect();
         Ok((image, layers))
+    }
+
+    /// Uploads the local image `reference` to `destination` (a registry reference;
+    /// `reference` itself when `None`), with credentials as for pulls.
+    async fn push(
+        &self,
+        reference: &str,
+        destination: Option<&str>,
+    ) -> Result<PushResult, ImageError> {
+        let _ = (reference, destination);
+        Err(ImageError::Unsupported("push images".into()))
     }
 
     /// Stores credentials (and the plain-HTTP flag) for `registry` (`host[:port]`).

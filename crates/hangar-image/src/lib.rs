@@ -8,11 +8,14 @@
 //!
 //! Modules: [`reference`] parses names, [`unpack`] is the only code that writes layer
 //! contents, [`blob`] checks digests and compression, [`archive`] imports tarballs,
-//! [`registry`] pulls, [`store`] owns the on-disk layout.
+//! [`registry`] pulls, [`pack`] and `push` send local images to a registry, [`store`]
+//! owns the on-disk layout.
 
 pub mod archive;
 pub mod blob;
 pub mod manifest;
+pub mod pack;
+mod push;
 pub mod reference;
 pub mod registry;
 pub mod store;
@@ -22,8 +25,8 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use hangar_core::image::{
-    Image, ImageError, ImageStore, LayerInfo, ProgressFn, PruneStats, RegistryCredentials,
-    TarStream,
+    Image, ImageError, ImageStore, LayerInfo, ProgressFn, PruneStats, PushResult,
+    RegistryCredentials, TarStream,
 };
 
 pub use archive::{ArchiveKind, LOCAL_REGISTRY};
@@ -98,6 +101,14 @@ impl ImageStore for LocalImageStore {
 
     async fn inspect(&self, reference: &str) -> Result<(Image, Vec<LayerInfo>), ImageError> {
         self.inspect_record(reference)
+    }
+
+    async fn push(
+        &self,
+        reference: &str,
+        destination: Option<&str>,
+    ) -> Result<PushResult, ImageError> {
+        LocalImageStore::push(self, reference, destination).await
     }
 
     async fn set_registry_credentials(

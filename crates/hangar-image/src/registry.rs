@@ -129,6 +129,42 @@ impl LocalImageStore {
         self.pull_locked(&r, progress.map(Arc::from)).await
     }
 
+    /// A client for `registry` with the stored credentials; plain HTTP for registries
+    /// marked insecure and for loopback.
+    pub(crate) fn client_for(&self, registry: &str) -> Result<(Client, RegistryAuth), ImageError> {
+        let settings = self
+            .registries()?
+            .registries
+            .get(registry)
+            .cloned()
+            .unwrap_or_default();
+        let insecure = settings.insecure
+            || self
+                .inner
+                .options
+                .insecure_registries
+                .iter()
+                .any(|r| r == registry)
+            || is_loopback(registry);
+        let auth = match (&settings.token, &settings.username, &settings.password) {
+            (Some(t), _, _) => RegistryAuth::Bearer(t.0.clone()),
+            (None, Some(u), Some(p)) => RegistryAuth::Basic(u.clone(), p.0.clone()),
+            _ => RegistryAuth::Anonymous,
+        };
+        let client = Client::new(ClientConfig {
+            protocol: if insecure {
+                ClientProtocol::HttpsExcept(vec![registry.to_string()])
+            } else {
+                ClientProtocol::Https
+            },
+            platform_resolver: None,
+            connect_timeout: Some(Duration::from_secs(10)),
+            read_timeout: Some(Duration::from_secs(60)),
+            ..Default::default()
+        });
+        Ok((client, auth))
+    }
+
     pub(crate) async fn pull_locked(
         &self,
         r: &Reference,
@@ -140,31 +176,7 @@ impl LocalImageStore {
                 f(p)
             }
         };
-        let settings = self
-            .registries()?
-            .registries
-            .get(&r.registry)
-            .cloned()
-            .unwrap_or_default();
-        let insecure = settings.insecure
-            || self.inner.options.insecure_registries.contains(&r.registry)
-            || is_loopback(&r.registry);
-        let auth = match (&settings.token, &settings.username, &settings.password) {
-            (Some(t), _, _) => RegistryAuth::Bearer(t.0.clone()),
-            (None, Some(u), Some(p)) => RegistryAuth::Basic(u.clone(), p.0.clone()),
-            _ => RegistryAuth::Anonymous,
-        };
-        let client = Client::new(ClientConfig {
-            protocol: if insecure {
-                ClientProtocol::HttpsExcept(vec![r.registry.clone()])
-            } else {
-                ClientProtocol::Https
-            },
-            platform_resolver: None,
-            connect_timeout: Some(Duration::from_secs(10)),
-            read_timeout: Some(Duration::from_secs(60)),
-            ..Default::default()
-        });
+        let (client, auth) = self.client_for(&r.registry)?;
         let puller = Puller {
             store: self,
             client,
@@ -274,15 +286,17 @@ fn is_loopback(registry: &str) -> bool {
     host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback())
 }
 
-struct Puller<'a> {
-    store: &'a LocalImageStore,
-    client: Client,
-    auth: RegistryAuth,
-    r: &'a Reference,
+/// One conversation with a registry about one repository: retries and error mapping
+/// shared by pulls and pushes.
+pub(crate) struct Puller<'a> {
+    pub(crate) store: &'a LocalImageStore,
+    pub(crate) client: Client,
+    pub(crate) auth: RegistryAuth,
+    pub(crate) r: &'a Reference,
 }
 
 impl Puller<'_> {
-    fn oci_ref(&self, digest: &str) -> oci_client::Reference {
+    pub(crate) fn oci_ref(&self, digest: &str) -> oci_client::Reference {
         oci_client::Reference::with_digest(
             self.r.registry.clone(),
             self.r.repository.clone(),
@@ -299,7 +313,7 @@ impl Puller<'_> {
     }
 
     /// Runs `op` until it succeeds, fails for good, or has failed transiently too often.
-    async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, ImageError>
+    pub(crate) async fn retry<T, F, Fut>(&self, what: &str, mut op: F) -> Result<T, ImageError>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = Result<T, ImageError>>,
@@ -487,7 +501,7 @@ impl Puller<'_> {
     }
 
     /// Maps a client error to what the caller can act on.
-    fn error(&self, e: OciDistributionError) -> ImageError {
+    pub(crate) fn error(&self, e: OciDistributionError) -> ImageError {
         let registry = self.r.registry.clone();
         let not_found = || ImageError::NotFound {
             reference: self.r.to_string(),
@@ -546,6 +560,12 @@ impl Puller<'_> {
                 digest: expected,
                 actual,
             },
+            OciDistributionError::RequestError(e)
+                if e.status()
+                    .is_some_and(|s| s.as_u16() == 401 || s.as_u16() == 403) =>
+            {
+                ImageError::Unauthorized { registry }
+            }
             OciDistributionError::RequestError(e) => {
                 let mut reason = e.to_string();
                 let mut source = std::error::Error::source(&e);

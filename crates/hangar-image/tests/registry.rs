@@ -629,3 +629,150 @@ async fn base_image_script_builds_a_pullable_busybox() {
     );
     assert_eq!(image.config.cmd, vec!["/bin/sh"]);
 }
+
+/// `skopeo copy` of `docker://reference` into a fresh OCI layout, then `umoci unpack`:
+/// the merged root filesystem as the reference tools see it.
+fn reference_unpack(work: &Path, reference: &str, name: &str) -> BTreeMap<PathBuf, Node> {
+    let copy = work.join(format!("{name}-layout"));
+    run(Command::new("skopeo")
+        .args(["copy", "--insecure-policy", "--src-tls-verify=false"])
+        .arg(format!("docker://{reference}"))
+        .arg(format!("oci:{}:t", copy.display())));
+    let bundle = work.join(format!("{name}-bundle"));
+    run(Command::new("umoci")
+        .args(["unpack", "--image"])
+        .arg(format!("{}:t", copy.display()))
+        .arg(&bundle));
+    tree(&bundle.join("rootfs"))
+}
+
+fn assert_same_tree(ours: &BTreeMap<PathBuf, Node>, theirs: &BTreeMap<PathBuf, Node>) {
+    let only_ours: Vec<_> = ours.keys().filter(|k| !theirs.contains_key(*k)).collect();
+    let only_theirs: Vec<_> = theirs.keys().filter(|k| !ours.contains_key(*k)).collect();
+    assert!(
+        only_ours.is_empty() && only_theirs.is_empty(),
+        "ours only: {only_ours:?}; theirs only: {only_theirs:?}"
+    );
+    for (path, node) in ours {
+        assert_eq!(Some(node), theirs.get(path), "{} differs", path.display());
+    }
+}
+
+#[tokio::test]
+async fn pushes_come_out_as_skopeo_and_umoci_see_the_original() {
+    require_tools!();
+    let work = tempfile::tempdir().unwrap();
+    let source = Registry::start(None);
+    let dest = Registry::start(Some(("robot", "s3cret-pass")));
+    let layout = build_layout(work.path());
+    let name = format!("{}/test/busybox", source.addr);
+    push(&layout, "v2", &format!("{name}:v2"), None);
+
+    let st = store(&work.path().join("store"));
+    let image = st.resolve(&format!("{name}:v2"), None).await.unwrap();
+    let pushed = format!("{}/copies/busybox:pushed", dest.addr);
+
+    // Not logged in, then logged in.
+    match st.push(&format!("{name}:v2"), Some(&pushed)).await {
+        Err(ImageError::Unauthorized { registry }) => assert_eq!(registry, dest.addr),
+        other => panic!("anonymous push: expected Unauthorized, got {other:?}"),
+    }
+    st.set_registry(
+        &dest.addr,
+        RegistrySettings {
+            username: Some("robot".into()),
+            password: Some(Secret("s3cret-pass".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let result = st.push(&format!("{name}:v2"), Some(&pushed)).await.unwrap();
+    assert_eq!(result.reference, pushed);
+    assert_eq!(result.layers, 2);
+    assert_eq!(result.layers_present, 0);
+    assert!(result.bytes_uploaded > 0);
+
+    // skopeo + umoci see exactly the image hangar had, whiteouts applied.
+    let theirs = {
+        let copy = work.path().join("pushed-layout");
+        run(Command::new("skopeo")
+            .args([
+                "copy",
+                "--insecure-policy",
+                "--src-tls-verify=false",
+                "--src-creds",
+                "robot:s3cret-pass",
+            ])
+            .arg(format!("docker://{pushed}"))
+            .arg(format!("oci:{}:t", copy.display())));
+        let bundle = work.path().join("pushed-bundle");
+        run(Command::new("umoci")
+            .args(["unpack", "--image"])
+            .arg(format!("{}:t", copy.display()))
+            .arg(&bundle));
+        tree(&bundle.join("rootfs"))
+    };
+    let ours = merge_layers(&image.layers);
+    assert_same_tree(&ours, &theirs);
+    assert_same_tree(
+        &ours,
+        &reference_unpack(work.path(), &format!("{name}:v2"), "orig"),
+    );
+    assert!(!theirs.contains_key(Path::new("etc/removeme")));
+
+    // Pushing again sends nothing new and names the same manifest.
+    let again = st.push(&format!("{name}:v2"), Some(&pushed)).await.unwrap();
+    assert_eq!(again.digest, result.digest);
+    assert_eq!(again.layers_present, 2);
+    assert_eq!(again.bytes_uploaded, 0);
+
+    // A second store pulls it back with the same defaults and the same files.
+    let st2 = store(&work.path().join("store2"));
+    st2.set_registry(
+        &dest.addr,
+        RegistrySettings {
+            username: Some("robot".into()),
+            password: Some(Secret("s3cret-pass".into())),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let back = st2.resolve(&pushed, None).await.unwrap();
+    assert_eq!(back.source.digest, result.digest);
+    assert_eq!(back.config, image.config);
+    assert_same_tree(&merge_layers(&back.layers), &ours);
+
+    // Errors: no such local image, a destination without a registry, nobody listening.
+    assert!(matches!(
+        st.push(&format!("{name}:nope"), Some(&pushed)).await,
+        Err(ImageError::NotFound { .. })
+    ));
+    assert!(matches!(
+        st.push(&format!("{name}:v2"), Some("just/a-name:v1")).await,
+        Err(ImageError::InvalidReference(_))
+    ));
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    match st
+        .push(
+            &format!("{name}:v2"),
+            Some(&format!("127.0.0.1:{port}/a/b:c")),
+        )
+        .await
+    {
+        Err(ImageError::Unreachable { registry, .. }) => {
+            assert_eq!(registry, format!("127.0.0.1:{port}"))
+        }
+        other => panic!("expected Unreachable, got {other:?}"),
+    }
+    // The push left nothing behind in the store's work area.
+    assert_eq!(
+        std::fs::read_dir(work.path().join("store/tmp"))
+            .unwrap()
+            .count(),
+        0
+    );
+}
