@@ -61,7 +61,26 @@ pub fn validate(config: &MachineConfig) -> Result<()> {
         }
     }
     guest_files(config)?;
+    ephemeral_root_checked(config)?;
     Ok(())
+}
+
+/// `config.rootfs`: `persistent` (the default: the writable layer survives stop and
+/// start) or `ephemeral` (reset to the image on every start, as on Fly).
+fn ephemeral_root_checked(config: &MachineConfig) -> Result<bool> {
+    match config.extra.get("rootfs") {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::String(s)) if s == "persistent" => Ok(false),
+        Some(serde_json::Value::String(s)) if s == "ephemeral" => Ok(true),
+        Some(other) => Err(Error::invalid_config(format!(
+            "config.rootfs is {other}: use \"persistent\" (kept across starts, the default) or \"ephemeral\" (reset on every start)"
+        ))),
+    }
+}
+
+/// Whether the machine's root filesystem is reset to the image on every start.
+pub fn ephemeral_root(config: &MachineConfig) -> bool {
+    ephemeral_root_checked(config).unwrap_or(false)
 }
 
 fn validate_guest(guest: &MachineGuest) -> Result<()> {

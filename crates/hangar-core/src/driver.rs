@@ -18,6 +18,8 @@ use tokio::sync::broadcast;
 
 use crate::ids::MachineId;
 
+pub use hangar_types::{CheckpointDiff, DiffEntry};
+
 /// Everything needed to build a machine's sandbox.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SandboxSpec {
@@ -245,4 +247,58 @@ pub trait Driver: Send + Sync + 'static {
 
     /// The machine's log file: JSON lines of [`hangar_types::LogLine`].
     fn log_path(&self, id: &MachineId) -> PathBuf;
+
+    /// Takes an immutable snapshot, named `checkpoint`, of the machine's writable
+    /// layer; running processes are frozen for the instant it takes.
+    async fn checkpoint(&self, id: &MachineId, checkpoint: &str) -> Result<(), DriverError> {
+        let _ = (id, checkpoint);
+        Err(unsupported(self.name()))
+    }
+
+    /// Deletes a checkpoint; an absent one is fine.
+    async fn delete_checkpoint(&self, id: &MachineId, checkpoint: &str) -> Result<(), DriverError> {
+        let _ = (id, checkpoint);
+        Err(unsupported(self.name()))
+    }
+
+    /// Rebuilds the sandbox (no main process running) with the writable layer exactly
+    /// as it was at `checkpoint`.
+    async fn restore(&self, spec: &SandboxSpec, checkpoint: &str) -> Result<(), DriverError> {
+        let _ = (spec, checkpoint);
+        Err(unsupported(self.name()))
+    }
+
+    /// Builds a new machine's sandbox whose writable layer starts as `source`'s
+    /// `checkpoint`, independent from then on.
+    async fn fork(
+        &self,
+        source: &MachineId,
+        checkpoint: &str,
+        spec: &SandboxSpec,
+    ) -> Result<(), DriverError> {
+        let _ = (source, checkpoint, spec);
+        Err(unsupported(self.name()))
+    }
+
+    /// What changed in the machine's layer from `from` to `to` (a checkpoint, or the
+    /// live layer when `None`).
+    async fn diff(
+        &self,
+        id: &MachineId,
+        from: &str,
+        to: Option<&str>,
+    ) -> Result<CheckpointDiff, DriverError> {
+        let _ = (id, from, to);
+        Err(unsupported(self.name()))
+    }
+
+    /// Rebuilds the sandbox with an empty writable layer (`config.rootfs: ephemeral`).
+    async fn reset(&self, spec: &SandboxSpec) -> Result<(), DriverError> {
+        self.destroy(&spec.machine_id).await?;
+        self.create(spec).await
+    }
+}
+
+fn unsupported(driver: &str) -> DriverError {
+    DriverError::Unsupported(format!("the {driver} driver has no checkpoints"))
 }

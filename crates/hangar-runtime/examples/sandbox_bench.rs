@@ -57,6 +57,7 @@ async fn bench(runs: usize) {
     let driver = SandboxDriver::new(SandboxConfig {
         state_dir: state.path().to_path_buf(),
         boot_exe: std::env::current_exe().unwrap(),
+        storage: hangar_runtime::sandbox::StorageMode::Plain,
     })
     .unwrap();
     let spec = |id: &MachineId| SandboxSpec {

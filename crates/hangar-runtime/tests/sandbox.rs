@@ -194,6 +194,7 @@ fn new_driver(state: &Path) -> SandboxDriver {
     SandboxDriver::new(SandboxConfig {
         state_dir: state.to_path_buf(),
         boot_exe: std::env::current_exe().unwrap(),
+        storage: hangar_runtime::sandbox::StorageMode::Plain,
     })
     .unwrap()
 }
@@ -554,6 +555,7 @@ async fn failed_create_leaves_nothing(env: Arc<Env>) {
     let broken = SandboxDriver::new(SandboxConfig {
         state_dir: t.state.path().to_path_buf(),
         boot_exe: PathBuf::from("/no/such/helper"),
+        storage: hangar_runtime::sandbox::StorageMode::Plain,
     })
     .unwrap();
     assert!(broken.create(&env.spec(&id)).await.is_err());

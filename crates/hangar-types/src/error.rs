@@ -29,6 +29,8 @@ pub enum ErrorCode {
     AppNotEmpty,
     MachineNotFound,
     MachineExists,
+    /// No such checkpoint of this machine (404).
+    CheckpointNotFound,
     /// No such image locally or in its registry (404).
     ImageNotFound,
     /// An image is still used by a machine (409).
@@ -60,6 +62,8 @@ pub enum ErrorCode {
     Internal,
     /// A backend (runtime, image store) is not available (503).
     Unavailable,
+    /// This host cannot do it (e.g. checkpoints without btrfs) (501).
+    Unsupported,
 }
 
 impl ErrorCode {
@@ -74,6 +78,7 @@ impl ErrorCode {
             ErrorCode::AppNotEmpty => "app_not_empty",
             ErrorCode::MachineNotFound => "machine_not_found",
             ErrorCode::MachineExists => "machine_exists",
+            ErrorCode::CheckpointNotFound => "checkpoint_not_found",
             ErrorCode::ImageNotFound => "image_not_found",
             ErrorCode::ImageInUse => "image_in_use",
             ErrorCode::RegistryUnauthorized => "registry_unauthorized",
@@ -90,6 +95,7 @@ impl ErrorCode {
             ErrorCode::Timeout => "timeout",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::Unsupported => "unsupported",
         }
     }
 
@@ -103,7 +109,8 @@ impl ErrorCode {
             | ErrorCode::AppNotFound
             | ErrorCode::MachineNotFound
             | ErrorCode::ImageNotFound
-            | ErrorCode::LeaseNotFound => 404,
+            | ErrorCode::LeaseNotFound
+            | ErrorCode::CheckpointNotFound => 404,
             ErrorCode::Timeout => 408,
             ErrorCode::AppExists
             | ErrorCode::AppNotEmpty
@@ -115,6 +122,7 @@ impl ErrorCode {
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InvalidConfig | ErrorCode::NoMatchingPlatform => 422,
             ErrorCode::Internal => 500,
+            ErrorCode::Unsupported => 501,
             ErrorCode::RegistryUnreachable | ErrorCode::DigestMismatch => 502,
             ErrorCode::Unavailable => 503,
         }
@@ -143,6 +151,8 @@ mod tests {
             ErrorCode::InvalidConfig,
             ErrorCode::LeaseMismatch,
             ErrorCode::PayloadTooLarge,
+            ErrorCode::CheckpointNotFound,
+            ErrorCode::Unsupported,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -8,7 +8,9 @@
 pub mod error;
 pub mod image;
 pub mod machine;
+pub mod storage;
 
 pub use error::{ErrorCode, ErrorResponse};
 pub use image::*;
 pub use machine::*;
+pub use storage::*;

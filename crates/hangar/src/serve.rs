@@ -35,6 +35,15 @@ pub struct ServeArgs {
     /// Apps are served at `<app>.<base-domain>`.
     #[arg(long, env = "HANGAR_BASE_DOMAIN", default_value = "hangar.localhost")]
     pub base_domain: String,
+    /// Where machines' writable layers live: `btrfs` (subvolumes, so checkpoints
+    /// work; a loop-mounted image inside the data dir when it is not btrfs itself) or
+    /// `plain` directories.
+    #[arg(long, env = "HANGAR_LAYERS", default_value = "btrfs")]
+    pub layers: String,
+    /// Size of the btrfs image for layers, e.g. `64G` (default: 64 GiB or the free
+    /// space, whichever is smaller). The image is sparse and made once.
+    #[arg(long, env = "HANGAR_LAYERS_SIZE")]
+    pub layers_size: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HANGAR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -61,6 +70,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         hangar_runtime::sandbox::SandboxDriver::new(hangar_runtime::sandbox::SandboxConfig {
             state_dir: data_dir.join("machines"),
             boot_exe: std::env::current_exe().context("finding the hangar binary")?,
+            storage: storage_mode(&args.layers, args.layers_size.as_deref())?,
         })
         .context("starting the sandbox driver")?,
     );
@@ -103,6 +113,41 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = events.await;
     tracing::info!("stopped serving; machines keep running");
     Ok(())
+}
+
+fn storage_mode(kind: &str, size: Option<&str>) -> Result<hangar_runtime::sandbox::StorageMode> {
+    use hangar_runtime::sandbox::StorageMode;
+    match kind {
+        "plain" => Ok(StorageMode::Plain),
+        "btrfs" => Ok(StorageMode::Btrfs {
+            image_size: size.map(parse_size).transpose()?,
+        }),
+        other => anyhow::bail!("--layers {other:?} is not known: use btrfs or plain"),
+    }
+}
+
+/// `1073741824`, `512M`, `64G`, `1T`.
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (number, shift) = match s.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => {
+            let shift = match c.to_ascii_uppercase() {
+                'K' => 10,
+                'M' => 20,
+                'G' => 30,
+                'T' => 40,
+                _ => anyhow::bail!("size {s:?} has an unknown unit: use K, M, G or T"),
+            };
+            (&s[..i], shift)
+        }
+        _ => (s, 0),
+    };
+    let n: u64 = number
+        .parse()
+        .with_context(|| format!("size {s:?} is not a number of bytes (or 64G, 512M)"))?;
+    n.checked_shl(shift)
+        .filter(|v| v >> shift == n)
+        .with_context(|| format!("size {s:?} is too large"))
 }
 
 /// Tests and scripts read the chosen address from this line.

@@ -45,13 +45,27 @@ impl Service {
         source: &str,
     ) -> Result<()> {
         let began = Instant::now();
+        // A new machine's layer is fresh already; any other start of an ephemeral
+        // machine begins from the image again.
+        let reset =
+            config::ephemeral_root(&machine.config) && machine.state != MachineState::Created;
         self.set_state(machine, MachineState::Starting).await?;
-        let started = match config::process(
-            machine.id.as_str(),
-            &machine.app,
-            &machine.config,
-            &machine.image.config,
-        ) {
+        let reset = if reset {
+            self.driver
+                .reset(&super::machines::sandbox_spec(machine))
+                .await
+                .map_err(Error::from)
+        } else {
+            Ok(())
+        };
+        let started = match reset.and_then(|()| {
+            config::process(
+                machine.id.as_str(),
+                &machine.app,
+                &machine.config,
+                &machine.image.config,
+            )
+        }) {
             Ok(process) => self
                 .driver
                 .start(&machine.id, &process)

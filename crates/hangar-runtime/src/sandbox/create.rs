@@ -37,9 +37,15 @@ impl SandboxDriver {
     /// Builds the sandbox. Idempotent: an existing, live sandbox is left as is; the
     /// remnants of a dead one are cleared first. On failure nothing is left behind.
     pub async fn create_sandbox(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
-        let id = &spec.machine_id;
-        let guard = self.machine_lock(id);
+        let guard = self.machine_lock(&spec.machine_id);
         let _held = guard.lock().await;
+        self.create_locked(spec).await
+    }
+
+    /// [`Self::create_sandbox`] with the machine's lock held. The writable layer is
+    /// reused when it exists and is never removed here.
+    pub(crate) async fn create_locked(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        let id = &spec.machine_id;
         if self.machine_dir(id).exists() {
             if self.init_pid(id).is_some() {
                 return self.ensure_watch(id).await;
@@ -73,11 +79,10 @@ impl SandboxDriver {
             .create(&dir)
             .map_err(SandboxError::io(format!("creating {}", dir.display())))?;
         builder.mode(0o755);
-        for sub in ["upper", "work", "rootfs"] {
-            builder
-                .create(dir.join(sub))
-                .map_err(SandboxError::io(format!("creating {sub}/")))?;
-        }
+        builder
+            .create(dir.join("rootfs"))
+            .map_err(SandboxError::io("creating rootfs/"))?;
+        self.storage.ensure_layer(id)?;
         if lower.is_empty() {
             // Overlay needs a lower layer; an image without layers gets an empty one.
             builder
@@ -105,8 +110,8 @@ impl SandboxDriver {
         let boot = BootConfig {
             machine_id: id.to_string(),
             lower,
-            upper: dir.join("upper"),
-            work: dir.join("work"),
+            upper: self.storage.upper(id),
+            work: self.storage.work(id),
             rootfs: dir.join("rootfs"),
             init: self.init_path.clone(),
             socket: self.socket(id),

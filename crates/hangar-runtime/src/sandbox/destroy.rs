@@ -1,6 +1,7 @@
 //! `destroy`: kill init (its PID namespace takes every process with it), drop the
-//! cgroups, delete the machine's directory. The overlay was only ever mounted in the
-//! machine's own mount namespace, which dies with its last process.
+//! cgroups, delete the machine's directory, its writable layer and checkpoints. The
+//! overlay was only ever mounted in the machine's own mount namespace, which dies
+//! with its last process.
 
 use std::time::{Duration, Instant};
 
@@ -18,10 +19,11 @@ impl SandboxDriver {
         self.stop_watch(id);
         self.teardown(id).await?;
         lock(&self.shared.oom_baseline).remove(id);
-        Ok(())
+        self.storage.remove_all(id)
     }
 
-    /// Kills, un-cgroups and deletes whatever exists of the sandbox.
+    /// Kills, un-cgroups and deletes whatever exists of the sandbox's runtime (init,
+    /// cgroups, socket, pidfile, log). The writable layer is not touched.
     pub(crate) async fn teardown(&self, id: &MachineId) -> Result<(), SandboxError> {
         let shared = self.shared.clone();
         let init = self.init_pid(id);

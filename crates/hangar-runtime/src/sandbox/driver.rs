@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hangar_core::MachineId;
 use hangar_core::driver::{
-    Driver, DriverError, DriverEvent, ExecOutput, ExecSpec, ExitStatus, Observed, ProcessInfo,
-    ProcessSpec, Resources, SandboxSpec,
+    CheckpointDiff, Driver, DriverError, DriverEvent, ExecOutput, ExecSpec, ExitStatus, Observed,
+    ProcessInfo, ProcessSpec, Resources, SandboxSpec,
 };
 use tokio::sync::broadcast;
 
@@ -82,5 +82,39 @@ impl Driver for SandboxDriver {
 
     fn log_path(&self, id: &MachineId) -> PathBuf {
         self.machine_dir(id).join("log")
+    }
+
+    async fn checkpoint(&self, id: &MachineId, checkpoint: &str) -> Result<(), DriverError> {
+        Ok(self.checkpoint_layer(id, checkpoint).await?)
+    }
+
+    async fn delete_checkpoint(&self, id: &MachineId, checkpoint: &str) -> Result<(), DriverError> {
+        Ok(self.delete_checkpoint_layer(id, checkpoint).await?)
+    }
+
+    async fn restore(&self, spec: &SandboxSpec, checkpoint: &str) -> Result<(), DriverError> {
+        Ok(self.restore_layer(spec, checkpoint).await?)
+    }
+
+    async fn fork(
+        &self,
+        source: &MachineId,
+        checkpoint: &str,
+        spec: &SandboxSpec,
+    ) -> Result<(), DriverError> {
+        Ok(self.fork_layer(source, checkpoint, spec).await?)
+    }
+
+    async fn diff(
+        &self,
+        id: &MachineId,
+        from: &str,
+        to: Option<&str>,
+    ) -> Result<CheckpointDiff, DriverError> {
+        Ok(self.diff_layer(id, from, to).await?)
+    }
+
+    async fn reset(&self, spec: &SandboxSpec) -> Result<(), DriverError> {
+        Ok(self.reset_layer(spec).await?)
     }
 }

@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! state_dir/init-<hash>          the static init executable, written once
+//! state_dir/layers/              writable layers and checkpoints (see [`storage`]):
+//!                                they outlive sandboxes, which are runtime only
 //! state_dir/<machine-id>/
-//!     upper/ work/               the machine's writable layer (kept across stop/start)
 //!     rootfs/                    overlay mount point, mounted only in the machine's
 //!                                own mount namespace (empty on the host)
 //!     init.sock                  init's control socket
@@ -27,9 +28,11 @@
 pub mod boot;
 mod caps;
 mod cgroup;
+mod checkpoint;
 mod client;
 mod create;
 mod destroy;
+mod diff;
 mod driver;
 mod exec;
 mod observe;
@@ -38,6 +41,7 @@ mod rootfs;
 mod seccomp;
 mod start;
 mod stop;
+mod storage;
 mod suspend;
 
 use std::collections::HashMap;
@@ -53,6 +57,7 @@ use tokio::sync::broadcast;
 use tokio::task::JoinHandle;
 
 pub use boot::{BOOT_SUBCOMMAND, run_if_requested};
+pub use storage::StorageMode;
 
 /// How the sandbox driver is set up.
 #[derive(Debug, Clone)]
@@ -63,6 +68,8 @@ pub struct SandboxConfig {
     /// The executable re-run as the boot helper with [`BOOT_SUBCOMMAND`]; its `main`
     /// must call [`run_if_requested`] first. Normally `/proc/self/exe`.
     pub boot_exe: PathBuf,
+    /// Where machines' writable layers live.
+    pub storage: StorageMode,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -169,6 +176,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub struct SandboxDriver {
     config: SandboxConfig,
     init_path: PathBuf,
+    storage: storage::Storage,
     shared: Arc<Shared>,
     watches: Mutex<HashMap<MachineId, JoinHandle<()>>>,
     /// Serialises create, destroy and observe of one machine.
@@ -201,6 +209,7 @@ impl SandboxDriver {
         let hash = hex::encode(Sha256::digest(state_dir.as_os_str().as_encoded_bytes()));
         let cgroups = cgroup::Cgroups::detect(format!("hangar-{}", &hash[..8]))?;
         let init_path = install_init(&state_dir)?;
+        let storage = storage::Storage::open(&state_dir, &config.storage)?;
         let (events, _) = broadcast::channel(1024);
         Ok(SandboxDriver {
             config: SandboxConfig {
@@ -208,6 +217,7 @@ impl SandboxDriver {
                 ..config
             },
             init_path,
+            storage,
             shared: Arc::new(Shared {
                 cgroups,
                 events,
@@ -221,6 +231,11 @@ impl SandboxDriver {
 
     pub fn state_dir(&self) -> &Path {
         &self.config.state_dir
+    }
+
+    /// Whether writable layers are btrfs subvolumes (so checkpoints work).
+    pub fn has_checkpoints(&self) -> bool {
+        self.storage.is_btrfs()
     }
 
     /// The machine's cgroup directories (whether or not they exist), for

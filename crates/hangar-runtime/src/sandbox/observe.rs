@@ -17,7 +17,8 @@ impl SandboxDriver {
         }
         if self.init_pid(id).is_none() {
             // Init is gone (killed, or the host rebooted): the sandbox cannot come
-            // back, so its remnants go.
+            // back, so its runtime remnants go. The writable layer stays for the next
+            // create.
             self.stop_watch(id);
             self.teardown(id).await?;
             return Ok(Observed::Absent);
@@ -47,7 +48,10 @@ impl SandboxDriver {
             .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
             .filter_map(|e| e.file_name().to_str().and_then(MachineId::parse))
             .collect();
+        // A layer whose sandbox is gone still belongs to a machine (or is an orphan).
+        ids.extend(self.storage.layer_ids());
         ids.sort();
+        ids.dedup();
         Ok(ids)
     }
 }
