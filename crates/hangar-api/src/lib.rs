@@ -5,6 +5,7 @@
 //! place ([`error::ApiError`]); authentication is one middleware ([`auth`]).
 
 pub mod auth;
+mod checkpoints;
 pub mod error;
 mod extract;
 mod images;
@@ -72,6 +73,23 @@ pub fn router(state: AppState) -> Router {
                 .delete(machines::release_lease),
         )
         .route(&format!("{machine}/metadata"), get(machines::get_metadata))
+        .route(
+            &format!("{machine}/checkpoints"),
+            get(checkpoints::list).post(checkpoints::create),
+        )
+        .route(
+            &format!("{machine}/checkpoints/{{checkpoint}}"),
+            get(checkpoints::get).delete(checkpoints::delete),
+        )
+        .route(
+            &format!("{machine}/checkpoints/{{checkpoint}}/restore"),
+            post(checkpoints::restore),
+        )
+        .route(
+            &format!("{machine}/checkpoints/{{checkpoint}}/diff"),
+            get(checkpoints::diff),
+        )
+        .route(&format!("{machine}/fork"), post(checkpoints::fork))
         .route(
             &format!("{machine}/metadata/{{key}}"),
             post(machines::set_metadata).delete(machines::delete_metadata),

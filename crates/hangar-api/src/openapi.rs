@@ -3,11 +3,11 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{images, machines};
+use crate::{checkpoints, images, machines};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend)."),
+    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend, checkpoints, fork)."),
     paths(
         machines::list_apps, machines::create_app, machines::get_app, machines::delete_app,
         machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
@@ -17,6 +17,8 @@ use crate::{images, machines};
         machines::get_metadata, machines::set_metadata, machines::delete_metadata,
         images::list, images::import, images::pull, images::inspect, images::remove,
         images::prune, images::login,
+        checkpoints::create, checkpoints::list, checkpoints::get, checkpoints::delete,
+        checkpoints::restore, checkpoints::diff, checkpoints::fork,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

@@ -1,7 +1,7 @@
 //! Records the service layer keeps in its store, and their API views.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use hangar_types::{ImageRef, Lease, Machine, MachineConfig, MachineEvent};
+use hangar_types::{Checkpoint, ImageRef, Lease, Machine, MachineConfig, MachineEvent};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::MachineId;
@@ -115,6 +115,30 @@ impl EventRecord {
             source: self.source.clone(),
             timestamp: self.timestamp.timestamp_millis(),
             request: self.request.clone(),
+        }
+    }
+}
+
+/// An immutable snapshot of a machine's writable layer, kept by the driver under
+/// `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckpointRecord {
+    pub id: String,
+    pub machine_id: MachineId,
+    pub name: String,
+    /// The machine's state when it was taken.
+    pub machine_state: MachineState,
+    pub created_at: DateTime<Utc>,
+}
+
+impl CheckpointRecord {
+    pub fn to_api(&self) -> Checkpoint {
+        Checkpoint {
+            id: self.id.clone(),
+            name: self.name.clone(),
+            machine_id: self.machine_id.to_string(),
+            created_at: rfc3339(self.created_at),
+            machine_state: self.machine_state.to_string(),
         }
     }
 }

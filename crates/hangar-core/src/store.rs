@@ -6,7 +6,7 @@
 use async_trait::async_trait;
 
 use crate::ids::MachineId;
-use crate::model::{AppRecord, EventRecord, MachineRecord};
+use crate::model::{AppRecord, CheckpointRecord, EventRecord, MachineRecord};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -43,4 +43,12 @@ pub trait Store: Send + Sync + 'static {
     async fn insert_event(&self, event: &EventRecord) -> StoreResult<()>;
     /// The newest `limit` events, newest first.
     async fn list_events(&self, id: &MachineId, limit: u32) -> StoreResult<Vec<EventRecord>>;
+
+    /// Fails with [`StoreError::Conflict`] when the machine has a checkpoint of that
+    /// name already.
+    async fn insert_checkpoint(&self, checkpoint: &CheckpointRecord) -> StoreResult<()>;
+    async fn get_checkpoint(&self, id: &str) -> StoreResult<Option<CheckpointRecord>>;
+    /// A machine's checkpoints, oldest first.
+    async fn list_checkpoints(&self, machine: &MachineId) -> StoreResult<Vec<CheckpointRecord>>;
+    async fn delete_checkpoint(&self, id: &str) -> StoreResult<()>;
 }

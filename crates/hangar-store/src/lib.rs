@@ -1,4 +1,4 @@
-//! hangar's persistent state in SQLite: apps, machines, events.
+//! hangar's persistent state in SQLite: apps, machines, events, checkpoints.
 //!
 //! Implements [`hangar_core::store::Store`] and nothing else: no lifecycle rules live
 //! here. The database runs in WAL mode, so a daemon killed at any instant finds every
@@ -10,7 +10,7 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hangar_core::MachineId;
-use hangar_core::model::{AppRecord, EventRecord, MachineRecord};
+use hangar_core::model::{AppRecord, CheckpointRecord, EventRecord, MachineRecord};
 use hangar_core::state::MachineState;
 use hangar_core::store::{Store, StoreError, StoreResult};
 use sqlx::sqlite::{
@@ -241,6 +241,11 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        sqlx::query("DELETE FROM checkpoints WHERE machine_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         sqlx::query("DELETE FROM machines WHERE id = ?")
             .bind(id.as_str())
             .execute(&mut *tx)
@@ -291,6 +296,69 @@ impl Store for SqliteStore {
                 })
             })
             .collect()
+    }
+
+    async fn insert_checkpoint(&self, c: &CheckpointRecord) -> StoreResult<()> {
+        self.checkpoint_insert(c).await
+    }
+
+    async fn get_checkpoint(&self, id: &str) -> StoreResult<Option<CheckpointRecord>> {
+        let row = sqlx::query("SELECT * FROM checkpoints WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(checkpoint_from_row).transpose()
+    }
+
+    async fn list_checkpoints(&self, machine: &MachineId) -> StoreResult<Vec<CheckpointRecord>> {
+        let rows =
+            sqlx::query("SELECT * FROM checkpoints WHERE machine_id = ? ORDER BY created_at, id")
+                .bind(machine.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(backend)?;
+        rows.iter().map(checkpoint_from_row).collect()
+    }
+
+    async fn delete_checkpoint(&self, id: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM checkpoints WHERE id = ?")
+            .bind(id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+}
+
+fn checkpoint_from_row(row: &SqliteRow) -> StoreResult<CheckpointRecord> {
+    let get = |col: &str| -> StoreResult<String> { row.try_get::<String, _>(col).map_err(backend) };
+    let machine = get("machine_id")?;
+    Ok(CheckpointRecord {
+        id: get("id")?,
+        machine_id: MachineId::parse(&machine)
+            .ok_or_else(|| StoreError::Backend(format!("bad machine id {machine:?}")))?,
+        name: get("name")?,
+        machine_state: MachineState::from_str(&get("machine_state")?)
+            .map_err(StoreError::Backend)?,
+        created_at: time(row.try_get("created_at").map_err(backend)?),
+    })
+}
+
+impl SqliteStore {
+    async fn checkpoint_insert(&self, c: &CheckpointRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO checkpoints (id, machine_id, name, machine_state, created_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&c.id)
+        .bind(c.machine_id.as_str())
+        .bind(&c.name)
+        .bind(c.machine_state.as_str())
+        .bind(nanos(c.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
     }
 }
 

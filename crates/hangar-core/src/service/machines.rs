@@ -263,6 +263,7 @@ impl Service {
             return Err(err.into());
         }
         machine.lease = None;
+        self.forget_checkpoints(machine).await;
         self.set_state(machine, MachineState::Destroyed).await?;
         self.event(
             machine,
@@ -424,7 +425,7 @@ fn image_ref(image: &Image) -> ImageRef {
 }
 
 /// A name people can tell apart, like `quiet-river-4821`.
-fn friendly_name() -> String {
+pub(super) fn friendly_name() -> String {
     const ADJECTIVES: [&str; 16] = [
         "quiet", "bold", "brisk", "calm", "eager", "fancy", "gentle", "keen", "lively", "misty",
         "noble", "proud", "rapid", "silent", "sunny", "wild",

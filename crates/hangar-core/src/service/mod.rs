@@ -7,6 +7,7 @@
 //! reports (exits) and, after a restart, on what it finds on the host.
 
 mod apps;
+mod checkpoints;
 mod exec;
 mod images;
 mod lease;
@@ -31,6 +32,7 @@ use crate::model::{EventRecord, MachineRecord};
 use crate::state::MachineState;
 use crate::store::{Store, StoreError};
 
+pub use checkpoints::MAX_FORKS;
 pub use exec::ExecRequest;
 pub use logs::LogFollow;
 

@@ -25,7 +25,7 @@ pub struct AppArg {
         default_value = "default",
         global = true
     )]
-    app: String,
+    pub app: String,
 }
 
 #[derive(Debug, Subcommand)]
@@ -95,6 +95,25 @@ pub enum MachineCommand {
         /// How many of the last lines.
         #[arg(long, short = 'n', default_value_t = 100)]
         lines: usize,
+    },
+    /// Checkpoint, restore, diff and delete snapshots of a machine's root filesystem.
+    #[command(subcommand, alias = "cp")]
+    Checkpoint(super::checkpoint::CheckpointCommand),
+    /// New machines starting from a checkpoint (or the current state), each
+    /// independent afterwards.
+    Fork {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+        /// Checkpoint id or name; the current state when absent.
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// How many machines (1 to 100).
+        #[arg(long, default_value_t = 1)]
+        count: u32,
+        /// Name of the new machine (`NAME-1`, `NAME-2`, ... with a count).
+        #[arg(long)]
+        name: Option<String>,
     },
     /// Destroy a machine.
     #[command(alias = "rm")]
@@ -254,6 +273,21 @@ pub async fn run(client: &Client, cmd: MachineCommand, json: bool) -> Result<Exi
                 }
             }
         }
+        MachineCommand::Checkpoint(cmd) => super::checkpoint::run(client, cmd, json).await?,
+        MachineCommand::Fork {
+            app,
+            machine,
+            checkpoint,
+            count,
+            name,
+        } => {
+            let req = hangar_types::ForkMachineRequest {
+                checkpoint,
+                count: Some(count),
+                name,
+            };
+            super::checkpoint::fork(client, &app.app, &machine, req, json).await?
+        }
         MachineCommand::Destroy {
             app,
             machine,
@@ -322,7 +356,7 @@ async fn run_machine(client: &Client, args: RunArgs, json: bool) -> Result<()> {
 }
 
 /// Accepts a machine's id or its name.
-async fn resolve(client: &Client, app: &str, machine: &str) -> Result<String> {
+pub(super) async fn resolve(client: &Client, app: &str, machine: &str) -> Result<String> {
     let is_id = machine.len() == 14 && machine.bytes().all(|b| b.is_ascii_hexdigit());
     if is_id {
         return Ok(machine.to_string());

@@ -3,6 +3,7 @@
 //! JSON. Errors are one line and a non-zero exit.
 
 mod app;
+mod checkpoint;
 mod image;
 mod machine;
 mod output;
