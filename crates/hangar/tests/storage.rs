@@ -1,0 +1,420 @@
+//! Black-box tests of what keeps a robot's work: the persistent root filesystem,
+//! checkpoints, restore, fork, diff and suspend, on the real daemon with its
+//! loop-mounted btrfs for writable layers.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{Daemon, skip_unless_root};
+use hangar_client::Client;
+use hangar_types::{
+    CreateMachineRequest, ForkMachineRequest, MachineConfig, MachineExecRequest, MachineInit,
+    StopRequest,
+};
+
+const APP: &str = "robots";
+
+fn config() -> MachineConfig {
+    MachineConfig {
+        image: "busybox:latest".into(),
+        init: Some(MachineInit {
+            exec: Some(vec!["sleep".into(), "100000".into()]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+async fn setup() -> Option<(Daemon, Client)> {
+    if skip_unless_root() {
+        return None;
+    }
+    let daemon = Daemon::start();
+    daemon.import_busybox("busybox:latest");
+    let client = daemon.client();
+    client.create_app(APP, None).await.unwrap();
+    Some((daemon, client))
+}
+
+async fn launch(client: &Client, config: MachineConfig) -> String {
+    client
+        .create_machine(
+            APP,
+            &CreateMachineRequest {
+                config,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap()
+        .id
+}
+
+/// Runs a shell script in the machine; panics unless it exits 0. Returns stdout.
+async fn sh(client: &Client, id: &str, script: &str) -> String {
+    let out = client
+        .exec(
+            APP,
+            id,
+            &MachineExecRequest {
+                command: Some(vec!["sh".into(), "-c".into(), script.into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        out.exit_code, 0,
+        "{script}: stdout {:?} stderr {:?}",
+        out.stdout, out.stderr
+    );
+    out.stdout
+}
+
+async fn state(client: &Client, id: &str) -> String {
+    client.get_machine(APP, id).await.unwrap().state
+}
+
+async fn stop(client: &Client, id: &str) {
+    client
+        .stop_machine(APP, id, &StopRequest::default())
+        .await
+        .unwrap();
+    client.wait(APP, id, "stopped", 30).await.unwrap();
+}
+
+/// The files a robot built up before its checkpoint.
+const BUILD: &str = "mkdir -p /work && echo one > /work/keep && chmod 640 /work/keep \
+    && ln -s keep /work/link && echo bye > /work/gone && rm /bin/yes";
+/// Then it breaks things.
+const BREAK: &str = "echo two >> /work/keep && chmod 600 /work/keep && rm /work/gone /work/link \
+    && ln -s nowhere /work/link2 && echo new > /work/new \
+    && dd if=/dev/zero of=/work/big bs=1024 count=1024 2>/dev/null && rm /bin/cat";
+/// Exactly the state of BUILD, and nothing of BREAK.
+const CHECK: &str = "test \"$(cat /work/keep)\" = one && test \"$(stat -c %a /work/keep)\" = 640 \
+    && test \"$(readlink /work/link)\" = keep && test \"$(cat /work/gone)\" = bye \
+    && test ! -e /work/new && test ! -e /work/big && test ! -L /work/link2 \
+    && test ! -e /bin/yes && test -e /bin/cat && echo ok";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn restore_rewinds_a_started_and_a_stopped_machine() {
+    let Some((daemon, client)) = setup().await else {
+        return;
+    };
+    let id = launch(&client, config()).await;
+    sh(&client, &id, BUILD).await;
+    // Through the CLI, as a robot with a shell would.
+    let out = daemon
+        .cli()
+        .args([
+            "machine",
+            "checkpoint",
+            "create",
+            "-a",
+            APP,
+            &id,
+            "--name",
+            "base",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let base: hangar_types::Checkpoint = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (base.name.as_str(), base.machine_state.as_str()),
+        ("base", "started")
+    );
+
+    sh(&client, &id, BREAK).await;
+    let diff = client
+        .diff_checkpoint(APP, &id, "base", None)
+        .await
+        .unwrap();
+    let paths =
+        |v: &[hangar_types::DiffEntry]| v.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
+    assert_eq!(
+        paths(&diff.added),
+        ["/work/big", "/work/link2", "/work/new"],
+        "{diff:?}"
+    );
+    assert_eq!(diff.added[0].size, 1024 * 1024);
+    assert_eq!(paths(&diff.modified), ["/work/keep"], "{diff:?}");
+    assert_eq!(
+        paths(&diff.deleted),
+        ["/bin/cat", "/work/gone", "/work/link"],
+        "{diff:?}"
+    );
+
+    // Started: restarted into the checkpoint.
+    let restored = client.restore_checkpoint(APP, &id, "base").await.unwrap();
+    assert_eq!(restored.id, base.id);
+    assert_eq!(state(&client, &id).await, "started");
+    assert_eq!(sh(&client, &id, CHECK).await, "ok\n");
+    let diff = client
+        .diff_checkpoint(APP, &id, &base.id, None)
+        .await
+        .unwrap();
+    assert_eq!(
+        diff,
+        Default::default(),
+        "nothing changed since the restore"
+    );
+
+    // Stopped: a checkpoint of a stopped machine, restored while stopped.
+    stop(&client, &id).await;
+    let stopped = client
+        .create_checkpoint(APP, &id, Some("stopped"))
+        .await
+        .unwrap();
+    assert_eq!(stopped.machine_state, "stopped");
+    client.start_machine(APP, &id).await.unwrap();
+    sh(&client, &id, BREAK).await;
+    stop(&client, &id).await;
+    client
+        .restore_checkpoint(APP, &id, "stopped")
+        .await
+        .unwrap();
+    assert_eq!(state(&client, &id).await, "stopped");
+    client.start_machine(APP, &id).await.unwrap();
+    assert_eq!(sh(&client, &id, CHECK).await, "ok\n");
+
+    // Two checkpoints compare with each other.
+    let diff = client
+        .diff_checkpoint(APP, &id, "base", Some("stopped"))
+        .await
+        .unwrap();
+    assert_eq!(diff, Default::default());
+    let names: Vec<String> = client
+        .list_checkpoints(APP, &id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.name)
+        .collect();
+    assert_eq!(names, ["base", "stopped"]);
+
+    // Another machine's checkpoint is not this machine's to restore.
+    let other = launch(&client, config()).await;
+    let err = client
+        .restore_checkpoint(APP, &other, &base.id)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("checkpoint_not_found"), "{err}");
+    assert!(err.to_string().contains("fork"), "{err}");
+    let err = client
+        .restore_checkpoint(APP, &id, "nope")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("checkpoint_not_found"));
+
+    client.delete_checkpoint(APP, &id, "stopped").await.unwrap();
+    let err = client
+        .get_checkpoint(APP, &id, "stopped")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("checkpoint_not_found"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forks_diverge_independently() {
+    let Some((daemon, client)) = setup().await else {
+        return;
+    };
+    let source = launch(&client, config()).await;
+    sh(&client, &source, "echo shared > /root/base").await;
+    let cp = client
+        .create_checkpoint(APP, &source, Some("before-ideas"))
+        .await
+        .unwrap();
+    sh(&client, &source, "echo later > /root/source-only").await;
+
+    let forked = client
+        .fork_machine(
+            APP,
+            &source,
+            &ForkMachineRequest {
+                checkpoint: Some("before-ideas".into()),
+                count: Some(3),
+                name: Some("idea".into()),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(forked.checkpoint, cp.id);
+    let names: Vec<&str> = forked.machines.iter().map(|m| m.name.as_str()).collect();
+    assert_eq!(names, ["idea-1", "idea-2", "idea-3"]);
+    for (i, m) in forked.machines.iter().enumerate() {
+        assert_eq!(m.state, "started");
+        assert_ne!(m.id, source);
+        sh(&client, &m.id, &format!("echo {i} > /root/mine")).await;
+    }
+    for (i, m) in forked.machines.iter().enumerate() {
+        let seen = sh(&client, &m.id, "cat /root/base /root/mine; ls /root").await;
+        assert_eq!(seen, format!("shared\n{i}\nbase\nmine\n"));
+    }
+    assert_eq!(
+        sh(&client, &source, "ls /root").await,
+        "base\nsource-only\n"
+    );
+
+    // Forks are snapshots of their own: the checkpoint can go, they keep their files.
+    client
+        .delete_checkpoint(APP, &source, &cp.id)
+        .await
+        .unwrap();
+    let m = &forked.machines[0];
+    stop(&client, &m.id).await;
+    client.start_machine(APP, &m.id).await.unwrap();
+    assert_eq!(sh(&client, &m.id, "cat /root/base").await, "shared\n");
+
+    // Without a checkpoint, the current state is checkpointed for the fork; a
+    // stopped source gives forks that are created but not started.
+    stop(&client, &source).await;
+    let out = daemon
+        .cli()
+        .args(["machine", "fork", "-a", APP, &source, "--json"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fork: hangar_types::ForkMachineResponse = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(fork.machines.len(), 1);
+    assert_eq!(fork.machines[0].state, "created");
+    let listed = client.list_checkpoints(APP, &source).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].id, fork.checkpoint);
+    client
+        .start_machine(APP, &fork.machines[0].id)
+        .await
+        .unwrap();
+    assert_eq!(
+        sh(&client, &fork.machines[0].id, "ls /root").await,
+        "base\nsource-only\n"
+    );
+
+    let err = client
+        .fork_machine(
+            APP,
+            &source,
+            &ForkMachineRequest {
+                count: Some(101),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("bad_request"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
+    let Some((mut daemon, client)) = setup().await else {
+        return;
+    };
+    let id = launch(&client, config()).await;
+    sh(
+        &client,
+        &id,
+        "echo precious > /root/work && mkdir -p /opt/tool",
+    )
+    .await;
+
+    // A host reboot loses every process: the daemon and the machine's init.
+    daemon.kill9();
+    let pidfile = daemon
+        .data_dir()
+        .join("machines")
+        .join(&id)
+        .join("init.pid");
+    let pid: i32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    // SAFETY: kill(2) on the machine's init, which this test's daemon started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    common::eventually("init to be gone", Duration::from_secs(10), || async {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        stat.is_empty() || stat.contains(") Z ")
+    })
+    .await;
+
+    daemon.spawn();
+    let client = daemon.client();
+    client.wait(APP, &id, "started", 30).await.unwrap();
+    assert_eq!(
+        sh(
+            &client,
+            &id,
+            "cat /root/work; test -d /opt/tool && echo dir"
+        )
+        .await,
+        "precious\ndir\n"
+    );
+
+    // An ephemeral root goes back to the image on every start.
+    let mut eph = config();
+    eph.extra.insert("rootfs".into(), "ephemeral".into());
+    let e = launch(&client, eph).await;
+    sh(&client, &e, "echo scratch > /root/tmp").await;
+    stop(&client, &e).await;
+    client.start_machine(APP, &e).await.unwrap();
+    assert_eq!(sh(&client, &e, "ls /root").await, "");
+
+    let mut bad = config();
+    bad.extra.insert("rootfs".into(), "forever".into());
+    let err = client
+        .create_machine(
+            APP,
+            &CreateMachineRequest {
+                config: bad,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("invalid_config"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn suspend_freezes_and_start_resumes() {
+    let Some((_daemon, client)) = setup().await else {
+        return;
+    };
+    let id = launch(&client, config()).await;
+    sh(&client, &id, "echo kept > /root/mem").await;
+    client.suspend_machine(APP, &id).await.unwrap();
+    assert_eq!(state(&client, &id).await, "suspended");
+    let err = client
+        .exec(
+            APP,
+            &id,
+            &MachineExecRequest {
+                command: Some(vec!["true".into()]),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("invalid_state"), "{err}");
+    // A suspended machine checkpoints as it is (already frozen).
+    let cp = client.create_checkpoint(APP, &id, None).await.unwrap();
+    assert_eq!(cp.machine_state, "suspended");
+    assert_eq!(state(&client, &id).await, "suspended");
+
+    let previous = client.start_machine(APP, &id).await.unwrap();
+    assert_eq!(previous["previous_state"], "suspended");
+    assert_eq!(state(&client, &id).await, "started");
+    assert_eq!(sh(&client, &id, "cat /root/mem").await, "kept\n");
+}
