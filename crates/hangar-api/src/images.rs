@@ -12,7 +12,8 @@ use futures::{StreamExt, TryStreamExt};
 use hangar_core::image::PullProgress;
 use hangar_types::{
     ErrorCode, ErrorResponse, ImageDetails, ImageSummary, PruneImagesResponse, PullEvent,
-    PullImageRequest, RegistryLoginRequest, RegistryLoginResponse,
+    PullImageRequest, PushImageRequest, PushImageResponse, RegistryLoginRequest,
+    RegistryLoginResponse,
 };
 use serde::Deserialize;
 
@@ -103,6 +104,22 @@ pub async fn pull(
     Ok(Sse::new(events)
         .keep_alive(KeepAlive::new().interval(Duration::from_secs(15)))
         .into_response())
+}
+
+/// Uploads a local image to a registry: to the one its reference names, or to
+/// `destination`. Layers are packed again from the store; blobs the registry already
+/// has are not sent. Credentials are those stored with a registry login.
+#[utoipa::path(post, path = "/v1/images/push", tag = "Images", request_body = PushImageRequest,
+    responses((status = 200, body = PushImageResponse),
+        (status = 400, body = ErrorResponse, description = "bad_request: the destination names no registry"),
+        (status = 403, body = ErrorResponse, description = "registry_unauthorized"),
+        (status = 404, body = ErrorResponse, description = "image_not_found: no such local image"),
+        (status = 502, body = ErrorResponse, description = "registry_unreachable")))]
+pub async fn push(
+    State(s): State<AppState>,
+    Body(req): Body<PushImageRequest>,
+) -> ApiResult<Json<PushImageResponse>> {
+    Ok(Json(s.service.push_image(req).await?))
 }
 
 /// The wire form of a progress report; `None` for the store's own `Done`, which the

@@ -100,6 +100,7 @@ pub fn router(state: AppState) -> Router {
             post(images::import).layer(DefaultBodyLimit::max(MAX_IMPORT_BODY)),
         )
         .route("/v1/images/pull", post(images::pull))
+        .route("/v1/images/push", post(images::push))
         .route("/v1/images/prune", post(images::prune))
         .route(
             "/v1/images/{reference}",

@@ -15,7 +15,7 @@ use crate::{checkpoints, images, machines};
         machines::suspend, machines::wait, machines::exec, machines::events, machines::ps, machines::logs,
         machines::create_lease, machines::get_lease, machines::release_lease,
         machines::get_metadata, machines::set_metadata, machines::delete_metadata,
-        images::list, images::import, images::pull, images::inspect, images::remove,
+        images::list, images::import, images::pull, images::push, images::inspect, images::remove,
         images::prune, images::login,
         checkpoints::create, checkpoints::list, checkpoints::get, checkpoints::delete,
         checkpoints::restore, checkpoints::diff, checkpoints::fork,

@@ -480,6 +480,20 @@ impl Client {
         }))
     }
 
+    /// Pushes the local image `reference` to `destination` (its own registry when
+    /// `None`).
+    pub async fn push_image(
+        &self,
+        reference: &str,
+        destination: Option<&str>,
+    ) -> Result<PushImageResponse> {
+        let req = PushImageRequest {
+            reference: reference.into(),
+            destination: destination.map(str::to_string),
+        };
+        self.call(Method::POST, "/v1/images/push", Some(&req)).await
+    }
+
     pub async fn inspect_image(&self, reference: &str) -> Result<ImageDetails> {
         let path = format!("/v1/images/{}", encode_segment(reference));
         self.call::<(), _>(Method::GET, &path, None).await

@@ -17,6 +17,31 @@ pub struct PullImageRequest {
     pub reference: String,
 }
 
+/// `POST /v1/images/push`: upload a local image to a registry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PushImageRequest {
+    /// The local image, e.g. `busybox:latest` or `127.0.0.1:5000/team/app:v1`.
+    pub reference: String,
+    /// Where to push it, `registry[:port]/repository[:tag]`; the reference itself when
+    /// absent (it must then name a registry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+/// The answer to a push.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct PushImageResponse {
+    /// The reference pushed to, normalised.
+    pub reference: String,
+    /// `sha256:` of the manifest now in the registry; pull by `reference@digest`.
+    pub digest: String,
+    pub layers: usize,
+    /// Layers the registry already had and were not sent again.
+    pub layers_present: usize,
+    /// Compressed bytes sent.
+    pub bytes_uploaded: u64,
+}
+
 /// `GET /v1/images/{reference}`: everything hangar knows about a local image.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ImageDetails {

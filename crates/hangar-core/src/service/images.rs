@@ -1,4 +1,4 @@
-//! Images: pull, import, list, inspect, remove and prune through the image store, and
+//! Images: pull, push, import, list, inspect, remove and prune through the image store, and
 //! registry logins. A machine's layers are never collected while the machine exists:
 //! removal refuses with `image_in_use` and prune keeps every layer a machine stacks.
 
@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 use hangar_types::{
-    ImageDefaults, ImageDetails, ImageLayer, ImageSummary, PruneImagesResponse,
-    RegistryLoginRequest, RegistryLoginResponse,
+    ImageDefaults, ImageDetails, ImageLayer, ImageSummary, PruneImagesResponse, PushImageRequest,
+    PushImageResponse, RegistryLoginRequest, RegistryLoginResponse,
 };
 use serde_json::json;
 
@@ -57,6 +57,29 @@ impl Service {
         let image = self.images.pull(reference.trim(), progress).await?;
         metrics::histogram!("hangar_image_pull_seconds").record(started.elapsed().as_secs_f64());
         Ok(summary(&image))
+    }
+
+    /// Uploads a local image to a registry (its own reference's, or `destination`),
+    /// with the credentials stored for that registry.
+    pub async fn push_image(&self, req: PushImageRequest) -> Result<PushImageResponse> {
+        if req.reference.trim().is_empty() {
+            return Err(Error::bad_request(
+                "a push needs the local image to send, e.g. {\"reference\": \"busybox:latest\", \"destination\": \"127.0.0.1:5000/busybox:latest\"}",
+            ));
+        }
+        let started = std::time::Instant::now();
+        let pushed = self
+            .images
+            .push(req.reference.trim(), req.destination.as_deref())
+            .await?;
+        metrics::histogram!("hangar_image_push_seconds").record(started.elapsed().as_secs_f64());
+        Ok(PushImageResponse {
+            reference: pushed.reference,
+            digest: pushed.digest,
+            layers: pushed.layers,
+            layers_present: pushed.layers_present,
+            bytes_uploaded: pushed.bytes_uploaded,
+        })
     }
 
     pub async fn inspect_image(&self, reference: &str) -> Result<ImageDetails> {

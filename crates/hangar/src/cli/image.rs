@@ -30,6 +30,14 @@ pub enum ImageCommand {
     /// Pull an image from the registry its reference names, e.g.
     /// `127.0.0.1:5000/team/app:v1`, showing progress per layer on stderr.
     Pull { reference: String },
+    /// Push a local image to a registry: the one its reference names, or `--to`.
+    /// Credentials come from `hangar registry login`.
+    Push {
+        reference: String,
+        /// Destination, e.g. `127.0.0.1:5000/team/app:v1`.
+        #[arg(long)]
+        to: Option<String>,
+    },
     /// Show an image's source, layers, size and config.
     Inspect { reference: String },
     /// Forget an image (refused while a machine uses it); its layers stay until prune.
@@ -93,6 +101,21 @@ pub async fn run(client: &Client, cmd: ImageCommand, json: bool) -> Result<ExitC
                     summary.digest,
                     summary.layers,
                     summary.size as f64 / 1e6
+                );
+            }
+        }
+        ImageCommand::Push { reference, to } => {
+            let pushed = client.push_image(&reference, to.as_deref()).await?;
+            if json {
+                output::json(&pushed);
+            } else {
+                println!(
+                    "pushed {} ({}, {} layer(s), {} already there, {:.1} MB sent)",
+                    pushed.reference,
+                    pushed.digest,
+                    pushed.layers,
+                    pushed.layers_present,
+                    pushed.bytes_uploaded as f64 / 1e6
                 );
             }
         }
