@@ -96,6 +96,12 @@ impl Registry {
         panic!("docker-registry did not answer on {}", self.addr);
     }
 
+    /// The registry's storage directory (`docker/registry/v2/...`), for tests that
+    /// tamper with what it serves.
+    pub fn storage(&self) -> PathBuf {
+        self._dir.path().join("data")
+    }
+
     /// Kills the registry now; its address then refuses connections.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
