@@ -221,6 +221,30 @@ fn a_directory_entry_replaces_a_symlink_instead_of_following_it() {
 }
 
 #[test]
+fn a_later_entry_may_replace_a_directory() {
+    // Found by the property test: the directory's deferred metadata must not fail
+    // the layer once a file or a link has taken its place.
+    let sb = Sandbox::new();
+    sb.unpack(
+        Tar::default()
+            .dir("d")
+            .file("d/inner", b"x")
+            .file("d", b"now a file")
+            .dir("e")
+            .symlink("e", "d"),
+    )
+    .unwrap();
+    assert_eq!(std::fs::read(sb.layer.join("d")).unwrap(), b"now a file");
+    assert!(
+        std::fs::symlink_metadata(sb.layer.join("e"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    sb.assert_outside_untouched();
+}
+
+#[test]
 fn hard_links_must_stay_inside_the_layer() {
     let cases: &[Case] = &[
         |t, _| {
