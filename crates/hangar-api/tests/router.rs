@@ -560,3 +560,33 @@ async fn openapi_document_lists_the_machine_paths() {
     }
     assert!(doc["components"]["schemas"].get("MachineConfig").is_some());
 }
+
+#[tokio::test]
+async fn push_is_routed_and_a_store_that_cannot_push_says_so() {
+    let h = harness().await;
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/v1/images/push",
+            Some(json!({"reference": "busybox:latest", "destination": "127.0.0.1:5000/b:1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_IMPLEMENTED, "{body}");
+    assert_eq!(body["code"], "unsupported");
+    assert!(body["error"].as_str().unwrap().contains("push"), "{body}");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/v1/images/push",
+            Some(json!({"reference": " "})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (_, doc) = h.call(Method::GET, "/v1/openapi.json", None).await;
+    assert!(doc["paths"].get("/v1/images/push").is_some());
+    assert!(
+        doc["components"]["schemas"]
+            .get("PushImageRequest")
+            .is_some()
+    );
+}
