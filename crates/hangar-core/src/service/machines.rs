@@ -173,8 +173,9 @@ impl Service {
         machine.instance_id = instance_id();
         let rebuilt = async {
             if image_changed {
-                self.driver.destroy(&machine.id).await?;
-                self.driver.create(&sandbox_spec(&machine)).await?;
+                // A new image means a new root: the writable layer starts empty (its
+                // checkpoints stay, they are the machine's history).
+                self.driver.reset(&sandbox_spec(&machine)).await?;
             } else {
                 self.driver
                     .update_resources(&machine.id, config::resources(&machine.config))
