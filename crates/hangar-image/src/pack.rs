@@ -140,20 +140,14 @@ impl<W: Write> Packer<W> {
         if ft.is_symlink() {
             let target = std::fs::read_link(path).map_err(|e| io_err("read link", e))?;
             header.set_entry_type(EntryType::Symlink);
-            return self
-                .builder
-                .append_link(&mut header, rel, &target)
-                .map_err(|e| io_err("pack", e));
+            return self.append_link(&mut header, rel, target.as_os_str().as_bytes(), path);
         }
         if meta.nlink() > 1 {
             let key = (meta.dev(), meta.ino());
             if let Some(first) = self.links.get(&key) {
                 header.set_entry_type(EntryType::Link);
                 let first = first.clone();
-                return self
-                    .builder
-                    .append_link(&mut header, rel, &first)
-                    .map_err(|e| io_err("pack", e));
+                return self.append_link(&mut header, rel, first.as_os_str().as_bytes(), path);
             }
             self.links.insert(key, rel.to_path_buf());
         }
@@ -194,6 +188,37 @@ impl<W: Write> Packer<W> {
         self.builder
             .append_data(header, rel, data)
             .map_err(|e| ImageError::io(format!("pack {}", path.display()), e))
+    }
+
+    /// A link entry whose target is stored byte for byte: `tar`'s own `append_link`
+    /// normalises the target as a path (`./.` becomes `.`), which would change what a
+    /// symlink points at. Long targets go in a GNU long-link entry first.
+    fn append_link(
+        &mut self,
+        header: &mut Header,
+        rel: &Path,
+        target: &[u8],
+        path: &Path,
+    ) -> Result<(), ImageError> {
+        let err = |e| ImageError::io(format!("pack {}", path.display()), e);
+        let field = header.as_old().linkname.len();
+        if target.len() < field {
+            header.set_link_name_literal(target).map_err(err)?;
+        } else {
+            let mut long = Header::new_gnu();
+            long.as_gnu_mut().expect("a GNU header").name[..13].copy_from_slice(b"././@LongLink");
+            long.set_entry_type(EntryType::GNULongLink);
+            long.set_mode(0o644);
+            long.set_size(target.len() as u64 + 1);
+            long.set_cksum();
+            let mut data = target.to_vec();
+            data.push(0);
+            self.builder.append(&long, &data[..]).map_err(err)?;
+            header
+                .set_link_name_literal(&target[..field - 1])
+                .map_err(err)?;
+        }
+        self.append(header, rel, io::empty(), path)
     }
 
     /// A PAX extended header carrying `records` for the entry that follows.
