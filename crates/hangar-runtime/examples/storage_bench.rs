@@ -122,11 +122,17 @@ async fn bench(runs: usize) {
             first.as_secs_f64() * 1e3
         );
         let mut samples = Vec::new();
+        let mut taken = Vec::new();
         for _ in 0..runs {
             let cp = next_cp();
             let t = Instant::now();
             d.checkpoint(&id, &cp).await.unwrap();
             samples.push(t.elapsed());
+            taken.push(cp);
+        }
+        // Deleted afterwards: btrfs drops a snapshot in the background, which would
+        // otherwise compete with the next checkpoint.
+        for cp in taken {
             d.delete_checkpoint(&id, &cp).await.unwrap();
         }
         report(&format!("checkpoint, {label} of changes"), samples);
@@ -198,5 +204,22 @@ async fn bench(runs: usize) {
     drop(driver);
     let _ = std::process::Command::new("umount")
         .arg(state.path().join("layers"))
+        .status();
+    let _ = std::process::Command::new("losetup")
+        .arg("-d")
+        .arg(
+            std::process::Command::new("losetup")
+                .arg("-j")
+                .arg(state.path().join("layers.btrfs"))
+                .output()
+                .map(|o| {
+                    String::from_utf8_lossy(&o.stdout)
+                        .split(':')
+                        .next()
+                        .unwrap_or_default()
+                        .to_string()
+                })
+                .unwrap_or_default(),
+        )
         .status();
 }
