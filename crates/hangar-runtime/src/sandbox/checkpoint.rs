@@ -22,19 +22,26 @@ impl SandboxDriver {
             return Err(SandboxError::NotFound(id.clone()));
         }
         let shared = self.shared.clone();
-        let storage = &self.storage;
-        // Most dirty data goes to disk before the freeze, so the freeze is short.
-        storage.sync(id);
-        let live = !shared.cgroups.tasks(id).is_empty();
-        let freeze = live && !shared.cgroups.is_frozen(id);
-        if freeze {
-            shared.cgroups.freeze(id, true)?;
-        }
-        let taken = storage.checkpoint(id, checkpoint);
-        if freeze && let Err(e) = shared.cgroups.freeze(id, false) {
-            tracing::error!(machine = %id, error = %e, "thawing after a checkpoint failed");
-        }
-        taken
+        let storage = self.storage.clone();
+        let (id, checkpoint) = (id.clone(), checkpoint.to_string());
+        // Flushing, freezing and the snapshot's commit block: keep them off the
+        // runtime's threads.
+        tokio::task::spawn_blocking(move || {
+            // Much dirty data goes to disk before the freeze, so the freeze is short.
+            storage.sync(&id);
+            let live = !shared.cgroups.tasks(&id).is_empty();
+            let freeze = live && !shared.cgroups.is_frozen(&id);
+            if freeze {
+                shared.cgroups.freeze(&id, true)?;
+            }
+            let taken = storage.checkpoint(&id, &checkpoint);
+            if freeze && let Err(e) = shared.cgroups.freeze(&id, false) {
+                tracing::error!(machine = %id, error = %e, "thawing after a checkpoint failed");
+            }
+            taken
+        })
+        .await
+        .map_err(|e| SandboxError::Protocol(format!("checkpoint task: {e}")))?
     }
 
     pub async fn delete_checkpoint_layer(
@@ -85,8 +92,11 @@ impl SandboxDriver {
         from: &str,
         to: Option<&str>,
     ) -> Result<CheckpointDiff, SandboxError> {
-        let storage = &self.storage;
-        storage.diff(id, from, to)
+        let storage = self.storage.clone();
+        let (id, from, to) = (id.clone(), from.to_string(), to.map(str::to_string));
+        tokio::task::spawn_blocking(move || storage.diff(&id, &from, to.as_deref()))
+            .await
+            .map_err(|e| SandboxError::Protocol(format!("diff task: {e}")))?
     }
 
     /// Rebuilds the sandbox with an empty writable layer.

@@ -47,7 +47,7 @@ const BTRFS_SUPER_MAGIC: i64 = 0x9123_683e;
 /// The inode number of every btrfs subvolume's root directory.
 const SUBVOLUME_INODE: u64 = 256;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub(crate) struct Storage {
     root: PathBuf,
     btrfs: bool,
