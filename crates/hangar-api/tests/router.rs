@@ -590,3 +590,60 @@ async fn push_is_routed_and_a_store_that_cannot_push_says_so() {
             .is_some()
     );
 }
+
+#[tokio::test]
+async fn checkpoint_routes_report_missing_and_unsupported_clearly() {
+    let h = harness().await;
+    let (status, machine) = h.create(json!({"image": "busybox:latest"})).await;
+    assert_eq!(status, StatusCode::OK, "{machine}");
+    let base = format!("/v1/apps/demo/machines/{}", machine["id"].as_str().unwrap());
+
+    // The fake driver has no snapshots: a host without btrfs answers the same way.
+    let (status, body) = h
+        .call(Method::POST, &format!("{base}/checkpoints"), None)
+        .await;
+    assert_eq!(status.as_u16(), 501, "{body}");
+    assert_eq!(body["code"], "unsupported");
+    let (status, body) = h
+        .call(Method::GET, &format!("{base}/checkpoints"), None)
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!([])));
+
+    for (method, path) in [
+        (Method::GET, "checkpoints/nope"),
+        (Method::DELETE, "checkpoints/nope"),
+        (Method::POST, "checkpoints/nope/restore"),
+        (Method::GET, "checkpoints/nope/diff?to=current"),
+    ] {
+        let (status, body) = h.call(method, &format!("{base}/{path}"), None).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{path}: {body}");
+        assert_eq!(body["code"], "checkpoint_not_found");
+        assert!(
+            body["error"].as_str().unwrap().contains("checkpoints"),
+            "{body}"
+        );
+    }
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &format!("{base}/fork"),
+            Some(json!({"count": 0})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &format!("{base}/fork"),
+            Some(json!({"checkpoint": "nope"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "checkpoint_not_found");
+
+    let (_, doc) = h.call(Method::GET, "/v1/openapi.json", None).await;
+    assert!(doc["paths"]["/v1/apps/{app}/machines/{id}/fork"].is_object());
+    assert!(
+        doc["paths"]["/v1/apps/{app}/machines/{id}/checkpoints/{checkpoint}/restore"].is_object()
+    );
+}
