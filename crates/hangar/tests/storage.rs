@@ -353,6 +353,16 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
     daemon.spawn();
     let client = daemon.client();
     client.wait(APP, &id, "started", 30).await.unwrap();
+    // Started again for real: the main process runs in the rebuilt sandbox.
+    let ps = client.ps(APP, &id).await.unwrap();
+    assert!(ps.iter().any(|p| p.command.contains("sleep")), "{ps:?}");
+    let events = client.events(APP, &id).await.unwrap();
+    assert!(
+        events
+            .iter()
+            .any(|e| e.kind == "start" && e.status == "started" && e.source == "hangar"),
+        "{events:?}"
+    );
     assert_eq!(
         sh(
             &client,

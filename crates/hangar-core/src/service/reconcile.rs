@@ -62,7 +62,12 @@ impl Service {
                 // Lost with a reboot, or a crash before the sandbox was built.
                 self.driver.create(&sandbox_spec(machine)).await?;
                 match machine.state {
-                    Started | Starting => self.start_locked(machine, "hangar").await?,
+                    Started | Starting => {
+                        // Its process went with the sandbox: record that, then start
+                        // it again (on the same writable layer).
+                        self.set_state(machine, Stopped).await?;
+                        self.start_locked(machine, "hangar").await?
+                    }
                     Stopping | Replacing | Suspending | Suspended => {
                         self.set_state(machine, Stopped).await?
                     }
