@@ -378,9 +378,16 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
     eph.extra.insert("rootfs".into(), "ephemeral".into());
     let e = launch(&client, eph).await;
     sh(&client, &e, "echo scratch > /root/tmp").await;
+    client
+        .create_checkpoint(APP, &e, Some("scratch"))
+        .await
+        .unwrap();
     stop(&client, &e).await;
     client.start_machine(APP, &e).await.unwrap();
     assert_eq!(sh(&client, &e, "ls /root").await, "");
+    // A restore of a started ephemeral machine restarts it into the checkpoint.
+    client.restore_checkpoint(APP, &e, "scratch").await.unwrap();
+    assert_eq!(sh(&client, &e, "ls /root").await, "tmp\n");
 
     let mut bad = config();
     bad.extra.insert("rootfs".into(), "forever".into());

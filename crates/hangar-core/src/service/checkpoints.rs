@@ -215,7 +215,8 @@ impl Service {
         .await;
         if was_running {
             machine.restart_count = 0;
-            self.start_locked(&mut machine, "user").await?;
+            // Into the restored files, even for an ephemeral root.
+            self.start_with(&mut machine, "user", false).await?;
         }
         Ok(record.to_api())
     }
@@ -354,7 +355,7 @@ impl Service {
         }
         if start {
             // The fork's files are the checkpoint's: an ephemeral root is not reset.
-            self.start_locked(&mut machine, "user").await?;
+            self.start_with(&mut machine, "user", false).await?;
         }
         Ok(machine)
     }

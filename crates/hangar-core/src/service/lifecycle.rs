@@ -44,11 +44,22 @@ impl Service {
         machine: &mut MachineRecord,
         source: &str,
     ) -> Result<()> {
-        let began = Instant::now();
         // A new machine's layer is fresh already; any other start of an ephemeral
         // machine begins from the image again.
         let reset =
             config::ephemeral_root(&machine.config) && machine.state != MachineState::Created;
+        self.start_with(machine, source, reset).await
+    }
+
+    /// Starts the machine's process, first emptying its writable layer when `reset`
+    /// (a restore or a fork has just put the files it must start with in place).
+    pub(super) async fn start_with(
+        &self,
+        machine: &mut MachineRecord,
+        source: &str,
+        reset: bool,
+    ) -> Result<()> {
+        let began = Instant::now();
         self.set_state(machine, MachineState::Starting).await?;
         let reset = if reset {
             self.driver
