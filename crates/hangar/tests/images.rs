@@ -302,6 +302,22 @@ async fn creating_a_machine_pulls_its_image_and_whiteouts_hide_files() {
         pruned["bytes_freed"].as_u64().unwrap() > 1_000_000,
         "{pruned}"
     );
+
+    // `machine run` of an image not yet here pulls it first, then runs it.
+    let out = daemon
+        .cli()
+        .args([
+            "machine", "run", "-a", "pulls", &v1, "--", "sleep", "100000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("is started"));
+    assert_eq!(client.inspect_image(&v1).await.unwrap().reference, v1);
 }
 
 #[tokio::test(flavor = "multi_thread")]

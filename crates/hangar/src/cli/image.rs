@@ -178,7 +178,7 @@ fn or_dash(s: &str) -> &str {
 
 /// Pulls through the event stream: a bar per layer and one for the total, on stderr
 /// (drawn only when it is a terminal).
-async fn pull_with_progress(client: &Client, reference: &str) -> Result<ImageSummary> {
+pub(super) async fn pull_with_progress(client: &Client, reference: &str) -> Result<ImageSummary> {
     let mut events = Box::pin(client.pull_image_events(reference).await?);
     let bars = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
     let layer_style = ProgressStyle::with_template(

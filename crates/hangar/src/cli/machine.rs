@@ -338,6 +338,17 @@ async fn run_machine(client: &Client, args: RunArgs, json: bool) -> Result<()> {
             Err(err) => return Err(err.into()),
         }
     }
+    // An image not yet here is pulled first, so people see its layers arrive; the
+    // daemon would pull it anyway, recording the progress as machine events.
+    if !json && names_registry(&config.image) {
+        match client.inspect_image(&config.image).await {
+            Ok(_) => {}
+            Err(err) if err.code() == Some("image_not_found") => {
+                super::image::pull_with_progress(client, &config.image).await?;
+            }
+            Err(err) => return Err(err.into()),
+        }
+    }
     let req = CreateMachineRequest {
         name: args.name,
         config,
@@ -353,6 +364,13 @@ async fn run_machine(client: &Client, args: RunArgs, json: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Whether a reference names a registry (`host.name/...`, `host:port/...`, `localhost/...`).
+fn names_registry(reference: &str) -> bool {
+    reference.split_once('/').is_some_and(|(first, _)| {
+        first.contains('.') || first.contains(':') || first == "localhost"
+    })
 }
 
 /// Accepts a machine's id or its name.
