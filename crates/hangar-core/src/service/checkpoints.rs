@@ -319,19 +319,7 @@ impl Service {
             lease: None,
             image: source.image.clone(),
         };
-        match self.store.insert_machine(&machine).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict) => {
-                return Err(Error::request(
-                    ErrorCode::MachineExists,
-                    format!(
-                        "a machine named {:?} already exists in app {:?}; pick another name",
-                        machine.name, machine.app
-                    ),
-                ));
-            }
-            Err(err) => return Err(err.into()),
-        }
+        self.insert_new_machine(&machine).await?;
         let _guard = self.lock(&id).await;
         self.event(
             &machine,

@@ -61,19 +61,7 @@ impl Service {
                 config: image.config.clone(),
             },
         };
-        match self.store.insert_machine(&machine).await {
-            Ok(()) => {}
-            Err(StoreError::Conflict) => {
-                return Err(Error::request(
-                    ErrorCode::MachineExists,
-                    format!(
-                        "a machine named {:?} already exists in app {app:?}; pick another name",
-                        machine.name
-                    ),
-                ));
-            }
-            Err(err) => return Err(err.into()),
-        }
+        self.insert_new_machine(&machine).await?;
         let _guard = self.lock(&id).await;
         self.record_pull(&machine, pull).await;
         self.event(
@@ -392,6 +380,21 @@ impl Service {
         machine.updated_at = Utc::now();
         self.store.update_machine(&machine).await?;
         Ok(())
+    }
+
+    /// Records a new machine; a name taken in its app is `machine_exists`.
+    pub(super) async fn insert_new_machine(&self, machine: &MachineRecord) -> Result<()> {
+        match self.store.insert_machine(machine).await {
+            Ok(()) => Ok(()),
+            Err(StoreError::Conflict) => Err(Error::request(
+                ErrorCode::MachineExists,
+                format!(
+                    "a machine named {:?} already exists in app {:?}; pick another name",
+                    machine.name, machine.app
+                ),
+            )),
+            Err(err) => Err(err.into()),
+        }
     }
 
     /// Reads the record again once its lock is held.
