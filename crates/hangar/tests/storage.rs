@@ -85,16 +85,16 @@ async fn stop(client: &Client, id: &str) {
 }
 
 /// The files a robot built up before its checkpoint.
-const BUILD: &str = "mkdir -p /work && echo one > /work/keep && chmod 640 /work/keep \
-    && ln -s keep /work/link && echo bye > /work/gone && rm /bin/yes";
+const BUILD: &str = "mkdir -p /srv/app && echo one > /srv/app/keep && chmod 640 /srv/app/keep \
+    && ln -s keep /srv/app/link && echo bye > /srv/app/gone && rm /bin/yes";
 /// Then it breaks things.
-const BREAK: &str = "echo two >> /work/keep && chmod 600 /work/keep && rm /work/gone /work/link \
-    && ln -s nowhere /work/link2 && echo new > /work/new \
-    && dd if=/dev/zero of=/work/big bs=1024 count=1024 2>/dev/null && rm /bin/cat";
+const BREAK: &str = "echo two >> /srv/app/keep && chmod 600 /srv/app/keep && rm /srv/app/gone /srv/app/link \
+    && ln -s nowhere /srv/app/link2 && echo new > /srv/app/new \
+    && dd if=/dev/zero of=/srv/app/big bs=1024 count=1024 2>/dev/null && rm /bin/cat";
 /// Exactly the state of BUILD, and nothing of BREAK.
-const CHECK: &str = "test \"$(cat /work/keep)\" = one && test \"$(stat -c %a /work/keep)\" = 640 \
-    && test \"$(readlink /work/link)\" = keep && test \"$(cat /work/gone)\" = bye \
-    && test ! -e /work/new && test ! -e /work/big && test ! -L /work/link2 \
+const CHECK: &str = "test \"$(cat /srv/app/keep)\" = one && test \"$(stat -c %a /srv/app/keep)\" = 640 \
+    && test \"$(readlink /srv/app/link)\" = keep && test \"$(cat /srv/app/gone)\" = bye \
+    && test ! -e /srv/app/new && test ! -e /srv/app/big && test ! -L /srv/app/link2 \
     && test ! -e /bin/yes && test -e /bin/cat && echo ok";
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,14 +140,14 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
         |v: &[hangar_types::DiffEntry]| v.iter().map(|e| e.path.clone()).collect::<Vec<_>>();
     assert_eq!(
         paths(&diff.added),
-        ["/work/big", "/work/link2", "/work/new"],
+        ["/srv/app/big", "/srv/app/link2", "/srv/app/new"],
         "{diff:?}"
     );
     assert_eq!(diff.added[0].size, 1024 * 1024);
-    assert_eq!(paths(&diff.modified), ["/work/keep"], "{diff:?}");
+    assert_eq!(paths(&diff.modified), ["/srv/app/keep"], "{diff:?}");
     assert_eq!(
         paths(&diff.deleted),
-        ["/bin/cat", "/work/gone", "/work/link"],
+        ["/bin/cat", "/srv/app/gone", "/srv/app/link"],
         "{diff:?}"
     );
 
@@ -324,7 +324,7 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
     sh(
         &client,
         &id,
-        "echo precious > /root/work && mkdir -p /opt/tool",
+        "echo precious > /root/srv/app && mkdir -p /opt/tool",
     )
     .await;
 
@@ -367,7 +367,7 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
         sh(
             &client,
             &id,
-            "cat /root/work; test -d /opt/tool && echo dir"
+            "cat /root/srv/app; test -d /opt/tool && echo dir"
         )
         .await,
         "precious\ndir\n"
