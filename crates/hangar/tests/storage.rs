@@ -324,7 +324,7 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
     sh(
         &client,
         &id,
-        "echo precious > /root/srv/app && mkdir -p /opt/tool",
+        "echo precious > /root/notes && mkdir -p /opt/tool",
     )
     .await;
 
@@ -367,7 +367,7 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
         sh(
             &client,
             &id,
-            "cat /root/srv/app; test -d /opt/tool && echo dir"
+            "cat /root/notes; test -d /opt/tool && echo dir"
         )
         .await,
         "precious\ndir\n"
