@@ -8,6 +8,7 @@ pub mod auth;
 mod checkpoints;
 pub mod error;
 mod extract;
+mod files;
 mod images;
 mod machines;
 pub mod openapi;
@@ -24,6 +25,8 @@ use metrics_exporter_prometheus::PrometheusHandle;
 
 /// Largest JSON body accepted; bigger ones get 413.
 pub const MAX_JSON_BODY: usize = 1024 * 1024;
+/// Largest file written through the files API.
+pub const MAX_FILE_BODY: usize = hangar_core::service::MAX_FILE_SIZE as usize;
 /// Largest image archive accepted by an import.
 pub const MAX_IMPORT_BODY: usize = 16 * 1024 * 1024 * 1024;
 
@@ -90,6 +93,16 @@ pub fn router(state: AppState) -> Router {
             get(checkpoints::diff),
         )
         .route(&format!("{machine}/fork"), post(checkpoints::fork))
+        .route(
+            &format!("{machine}/files"),
+            get(files::read)
+                .put(files::write)
+                .post(files::post)
+                .delete(files::remove)
+                // Only this route takes bodies this large: a file's raw bytes.
+                .layer(DefaultBodyLimit::max(MAX_FILE_BODY)),
+        )
+        .route(&format!("{machine}/files/mkdir"), post(files::mkdir))
         .route(
             &format!("{machine}/metadata/{{key}}"),
             post(machines::set_metadata).delete(machines::delete_metadata),

@@ -3,11 +3,11 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{checkpoints, images, machines};
+use crate::{checkpoints, files, images, machines};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend, checkpoints, fork)."),
+    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend, checkpoints, fork, files)."),
     paths(
         machines::list_apps, machines::create_app, machines::get_app, machines::delete_app,
         machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
@@ -19,6 +19,7 @@ use crate::{checkpoints, images, machines};
         images::prune, images::login,
         checkpoints::create, checkpoints::list, checkpoints::get, checkpoints::delete,
         checkpoints::restore, checkpoints::diff, checkpoints::fork,
+        files::read, files::write, files::post, files::mkdir, files::remove,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

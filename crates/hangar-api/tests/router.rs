@@ -647,3 +647,83 @@ async fn checkpoint_routes_report_missing_and_unsupported_clearly() {
         doc["paths"]["/v1/apps/{app}/machines/{id}/checkpoints/{checkpoint}/restore"].is_object()
     );
 }
+
+#[tokio::test]
+async fn files_routes_report_bad_input_in_hangars_format() {
+    let h = harness().await;
+    let (status, machine) = h.create(json!({"image": "busybox:latest"})).await;
+    assert_eq!(status, StatusCode::OK, "{machine}");
+    let base = format!(
+        "/v1/apps/demo/machines/{}/files",
+        machine["id"].as_str().unwrap()
+    );
+
+    for (method, query, code) in [
+        (Method::GET, "", "invalid_path"),
+        (Method::DELETE, "?path=", "invalid_path"),
+        (Method::PUT, "?path=/a&mode=rw", "bad_request"),
+        (Method::POST, "?path=/a", "bad_request"),
+        (Method::GET, "?path=/a&list=maybe", "bad_request"),
+    ] {
+        let (status, body) = h.call(method, &format!("{base}{query}"), None).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {body}");
+        assert_eq!(body["code"], code, "{query}: {body}");
+    }
+    // The in-memory driver has no files: it says so instead of pretending.
+    let (status, body) = h
+        .call(Method::GET, &format!("{base}?path=/etc"), None)
+        .await;
+    assert_eq!(status.as_u16(), 501, "{body}");
+    assert_eq!(body["code"], "unsupported");
+
+    // A body past the limit is refused before any of it reaches a machine.
+    let big = vec![0u8; hangar_api::MAX_FILE_BODY + 1];
+    let response = h
+        .router
+        .clone()
+        .oneshot(
+            Request::builder()
+                .method(Method::PUT)
+                .uri(format!("{base}?path=/big"))
+                .header("authorization", format!("Bearer {TOKEN}"))
+                .body(Body::from(big))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    let body: Value =
+        serde_json::from_slice(&response.into_body().collect().await.unwrap().to_bytes()).unwrap();
+    assert_eq!(body["code"], "payload_too_large", "{body}");
+
+    let (status, body) = h
+        .call(
+            Method::DELETE,
+            "/v1/apps/demo/machines/nope/files?path=/a",
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "machine_not_found");
+
+    let (status, body) = h
+        .call(
+            Method::DELETE,
+            &format!(
+                "/v1/apps/demo/machines/{}?force=true",
+                machine["id"].as_str().unwrap()
+            ),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = h
+        .call(Method::GET, &format!("{base}?path=/etc"), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{body}");
+    assert_eq!(body["code"], "invalid_state");
+
+    let (_, doc) = h.call(Method::GET, "/v1/openapi.json", None).await;
+    assert!(doc["paths"]["/v1/apps/{app}/machines/{id}/files"]["put"].is_object());
+    assert!(doc["components"]["schemas"].get("FileEntry").is_some());
+}

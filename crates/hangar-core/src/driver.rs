@@ -18,7 +18,7 @@ use tokio::sync::broadcast;
 
 use crate::ids::MachineId;
 
-pub use hangar_types::{CheckpointDiff, DiffEntry};
+pub use hangar_types::{CheckpointDiff, DiffEntry, FileEntry, FileType};
 
 /// Everything needed to build a machine's sandbox.
 #[derive(Debug, Clone, PartialEq)]
@@ -155,8 +155,60 @@ pub struct ProcessInfo {
     pub listen_sockets: Vec<(String, String)>,
 }
 
+/// A regular file read from inside a machine.
+#[derive(Clone, PartialEq)]
+pub struct FileData {
+    pub contents: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+    pub mtime: i64,
+}
+
+impl std::fmt::Debug for FileData {
+    // File contents may be secrets: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileData")
+            .field("len", &self.contents.len())
+            .field("mode", &format_args!("{:o}", self.mode))
+            .finish()
+    }
+}
+
+/// How a file is written into a machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WriteOptions {
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Missing parent directories are created (mode 0755, owned by root).
+    pub parents: bool,
+}
+
+/// Why a path inside a machine could not be used.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathErrorKind {
+    NotFound,
+    NotADirectory,
+    IsADirectory,
+    /// A directory that must be empty is not.
+    NotEmpty,
+    /// Not a regular file (device, FIFO, socket) where one is needed.
+    NotRegular,
+    /// Relative, NUL, a forbidden tree, a mount crossing or a symlink loop.
+    Invalid,
+    /// Larger than the files API moves in one request.
+    TooLarge,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DriverError {
+    /// A path inside the machine that cannot be used; `why` is shown to the caller.
+    #[error("{path}: {why}")]
+    Path {
+        kind: PathErrorKind,
+        path: String,
+        why: String,
+    },
     #[error("no sandbox for machine {0}")]
     NotFound(MachineId),
     #[error("machine {0} has no running process")]
@@ -292,11 +344,68 @@ pub trait Driver: Send + Sync + 'static {
         Err(unsupported(self.name()))
     }
 
+    /// Reads a regular file inside the machine (started or stopped), at most
+    /// `max_len` bytes. Every path is resolved inside the machine's root.
+    async fn read_file(
+        &self,
+        id: &MachineId,
+        path: &str,
+        max_len: u64,
+    ) -> Result<FileData, DriverError> {
+        let _ = (id, path, max_len);
+        Err(no_files(self.name()))
+    }
+
+    /// Lists a directory inside the machine.
+    async fn list_files(&self, id: &MachineId, path: &str) -> Result<Vec<FileEntry>, DriverError> {
+        let _ = (id, path);
+        Err(no_files(self.name()))
+    }
+
+    /// Creates or atomically replaces a file inside the machine.
+    async fn write_file(
+        &self,
+        id: &MachineId,
+        path: &str,
+        contents: Vec<u8>,
+        options: WriteOptions,
+    ) -> Result<(), DriverError> {
+        let _ = (id, path, contents, options);
+        Err(no_files(self.name()))
+    }
+
+    /// Creates a directory inside the machine; an existing directory is fine.
+    async fn make_dir(
+        &self,
+        id: &MachineId,
+        path: &str,
+        mode: u32,
+        parents: bool,
+    ) -> Result<(), DriverError> {
+        let _ = (id, path, mode, parents);
+        Err(no_files(self.name()))
+    }
+
+    /// Removes a file, a symlink (not its target) or, with `recursive`, a directory.
+    async fn remove_file(
+        &self,
+        id: &MachineId,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), DriverError> {
+        let _ = (id, path, recursive);
+        Err(no_files(self.name()))
+    }
+
     /// Rebuilds the sandbox with an empty writable layer (`config.rootfs: ephemeral`).
     async fn reset(&self, spec: &SandboxSpec) -> Result<(), DriverError> {
         self.destroy(&spec.machine_id).await?;
         self.create(spec).await
     }
+}
+
+fn no_files(driver: &str) -> DriverError {
+    DriverError::Unsupported(format!("the {driver} driver has no files API"))
 }
 
 fn unsupported(driver: &str) -> DriverError {

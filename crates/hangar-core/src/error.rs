@@ -3,7 +3,7 @@
 
 use hangar_types::ErrorCode;
 
-use crate::driver::DriverError;
+use crate::driver::{DriverError, PathErrorKind};
 use crate::image::ImageError;
 use crate::state::InvalidTransition;
 
@@ -50,6 +50,13 @@ impl Error {
             Error::Driver(DriverError::NotRunning(_)) => ErrorCode::InvalidState,
             Error::Driver(DriverError::InvalidCommand(_)) => ErrorCode::BadRequest,
             Error::Driver(DriverError::Unsupported(_)) => ErrorCode::Unsupported,
+            Error::Driver(DriverError::Path { kind, .. }) => match kind {
+                PathErrorKind::NotFound => ErrorCode::FileNotFound,
+                PathErrorKind::NotADirectory => ErrorCode::NotADirectory,
+                PathErrorKind::IsADirectory | PathErrorKind::NotEmpty => ErrorCode::IsADirectory,
+                PathErrorKind::NotRegular | PathErrorKind::Invalid => ErrorCode::InvalidPath,
+                PathErrorKind::TooLarge => ErrorCode::PayloadTooLarge,
+            },
             Error::Driver(_) => ErrorCode::Internal,
             Error::Image(err) => match err {
                 ImageError::NotFound { .. } => ErrorCode::ImageNotFound,
@@ -84,6 +91,9 @@ impl Error {
             }
             Error::Driver(DriverError::Unsupported(why)) => {
                 format!("this host cannot do that: {why}")
+            }
+            Error::Driver(DriverError::Path { path, why, .. }) => {
+                format!("{path:?} inside the machine {why}")
             }
             Error::Image(err) => match image_message(err) {
                 Some(message) => message,
@@ -129,4 +139,31 @@ fn image_message(err: &ImageError) -> Option<String> {
         ImageError::Unsupported(what) => format!("this server's image store cannot {what}"),
         ImageError::Io { .. } | ImageError::Other(_) => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn path_errors_keep_their_code_and_sentence() {
+        for (kind, code, status) in [
+            (PathErrorKind::NotFound, ErrorCode::FileNotFound, 404),
+            (PathErrorKind::NotADirectory, ErrorCode::NotADirectory, 400),
+            (PathErrorKind::IsADirectory, ErrorCode::IsADirectory, 409),
+            (PathErrorKind::NotEmpty, ErrorCode::IsADirectory, 409),
+            (PathErrorKind::Invalid, ErrorCode::InvalidPath, 400),
+            (PathErrorKind::NotRegular, ErrorCode::InvalidPath, 400),
+            (PathErrorKind::TooLarge, ErrorCode::PayloadTooLarge, 413),
+        ] {
+            let err = Error::from(DriverError::Path {
+                kind,
+                path: "/etc/x".into(),
+                why: "is odd".into(),
+            });
+            assert_eq!(err.code(), code);
+            assert_eq!(code.http_status(), status);
+            assert_eq!(err.public_message(), "\"/etc/x\" inside the machine is odd");
+        }
+    }
 }

@@ -31,6 +31,14 @@ pub enum ErrorCode {
     MachineExists,
     /// No such checkpoint of this machine (404).
     CheckpointNotFound,
+    /// No such file or directory inside the machine (404).
+    FileNotFound,
+    /// A path component, or the path itself, is not a directory (400).
+    NotADirectory,
+    /// The path is a directory where a file was expected, or is not empty (409).
+    IsADirectory,
+    /// The path is relative, holds NUL, or reaches where the files API does not go (400).
+    InvalidPath,
     /// No such image locally or in its registry (404).
     ImageNotFound,
     /// An image is still used by a machine (409).
@@ -79,6 +87,10 @@ impl ErrorCode {
             ErrorCode::MachineNotFound => "machine_not_found",
             ErrorCode::MachineExists => "machine_exists",
             ErrorCode::CheckpointNotFound => "checkpoint_not_found",
+            ErrorCode::FileNotFound => "file_not_found",
+            ErrorCode::NotADirectory => "not_a_directory",
+            ErrorCode::IsADirectory => "is_a_directory",
+            ErrorCode::InvalidPath => "invalid_path",
             ErrorCode::ImageNotFound => "image_not_found",
             ErrorCode::ImageInUse => "image_in_use",
             ErrorCode::RegistryUnauthorized => "registry_unauthorized",
@@ -102,7 +114,7 @@ impl ErrorCode {
     /// The HTTP status this code is served with.
     pub fn http_status(self) -> u16 {
         match self {
-            ErrorCode::BadRequest => 400,
+            ErrorCode::BadRequest | ErrorCode::NotADirectory | ErrorCode::InvalidPath => 400,
             ErrorCode::Unauthorized => 401,
             ErrorCode::Forbidden | ErrorCode::RegistryUnauthorized => 403,
             ErrorCode::NotFound
@@ -110,14 +122,16 @@ impl ErrorCode {
             | ErrorCode::MachineNotFound
             | ErrorCode::ImageNotFound
             | ErrorCode::LeaseNotFound
-            | ErrorCode::CheckpointNotFound => 404,
+            | ErrorCode::CheckpointNotFound
+            | ErrorCode::FileNotFound => 404,
             ErrorCode::Timeout => 408,
             ErrorCode::AppExists
             | ErrorCode::AppNotEmpty
             | ErrorCode::MachineExists
             | ErrorCode::InvalidState
             | ErrorCode::ImageInUse
-            | ErrorCode::LeaseHeld => 409,
+            | ErrorCode::LeaseHeld
+            | ErrorCode::IsADirectory => 409,
             ErrorCode::LeaseMismatch | ErrorCode::VersionMismatch => 412,
             ErrorCode::PayloadTooLarge => 413,
             ErrorCode::InvalidConfig | ErrorCode::NoMatchingPlatform => 422,
@@ -153,6 +167,10 @@ mod tests {
             ErrorCode::PayloadTooLarge,
             ErrorCode::CheckpointNotFound,
             ErrorCode::Unsupported,
+            ErrorCode::FileNotFound,
+            ErrorCode::NotADirectory,
+            ErrorCode::IsADirectory,
+            ErrorCode::InvalidPath,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -6,11 +6,13 @@
 //! hangar crate. The CLI, the client, the API and the MCP server all share it.
 
 pub mod error;
+pub mod files;
 pub mod image;
 pub mod machine;
 pub mod storage;
 
 pub use error::{ErrorCode, ErrorResponse};
+pub use files::*;
 pub use image::*;
 pub use machine::*;
 pub use storage::*;

@@ -9,6 +9,7 @@
 mod apps;
 mod checkpoints;
 mod exec;
+mod files;
 mod images;
 mod lease;
 mod lifecycle;
@@ -34,6 +35,7 @@ use crate::store::{Store, StoreError};
 
 pub use checkpoints::MAX_FORKS;
 pub use exec::ExecRequest;
+pub use files::{FileRead, MAX_FILE_SIZE, WriteFileRequest, parse_mode};
 pub use logs::LogFollow;
 
 /// Who is asking, as far as leases go.

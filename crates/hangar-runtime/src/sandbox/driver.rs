@@ -6,8 +6,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hangar_core::MachineId;
 use hangar_core::driver::{
-    CheckpointDiff, Driver, DriverError, DriverEvent, ExecOutput, ExecSpec, ExitStatus, Observed,
-    ProcessInfo, ProcessSpec, Resources, SandboxSpec,
+    CheckpointDiff, Driver, DriverError, DriverEvent, ExecOutput, ExecSpec, ExitStatus, FileData,
+    FileEntry, Observed, ProcessInfo, ProcessSpec, Resources, SandboxSpec, WriteOptions,
 };
 use tokio::sync::broadcast;
 
@@ -112,6 +112,54 @@ impl Driver for SandboxDriver {
         to: Option<&str>,
     ) -> Result<CheckpointDiff, DriverError> {
         Ok(self.diff_layer(id, from, to).await?)
+    }
+
+    async fn read_file(
+        &self,
+        id: &MachineId,
+        path: &str,
+        max_len: u64,
+    ) -> Result<FileData, DriverError> {
+        self.with_root(id, path, move |root, path| root.read(path, max_len))
+            .await
+    }
+
+    async fn list_files(&self, id: &MachineId, path: &str) -> Result<Vec<FileEntry>, DriverError> {
+        self.with_root(id, path, |root, path| root.list(path)).await
+    }
+
+    async fn write_file(
+        &self,
+        id: &MachineId,
+        path: &str,
+        contents: Vec<u8>,
+        options: WriteOptions,
+    ) -> Result<(), DriverError> {
+        self.with_root(id, path, move |root, path| {
+            root.write(path, &contents, options)
+        })
+        .await
+    }
+
+    async fn make_dir(
+        &self,
+        id: &MachineId,
+        path: &str,
+        mode: u32,
+        parents: bool,
+    ) -> Result<(), DriverError> {
+        self.with_root(id, path, move |root, path| root.mkdir(path, mode, parents))
+            .await
+    }
+
+    async fn remove_file(
+        &self,
+        id: &MachineId,
+        path: &str,
+        recursive: bool,
+    ) -> Result<(), DriverError> {
+        self.with_root(id, path, move |root, path| root.remove(path, recursive))
+            .await
     }
 
     async fn reset(&self, spec: &SandboxSpec) -> Result<(), DriverError> {

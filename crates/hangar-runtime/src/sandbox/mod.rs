@@ -35,6 +35,7 @@ mod destroy;
 mod diff;
 mod driver;
 mod exec;
+mod files;
 mod observe;
 mod resources;
 mod rootfs;
