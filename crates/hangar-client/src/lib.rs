@@ -433,6 +433,110 @@ impl Client {
         self.call(Method::POST, &path, Some(req)).await
     }
 
+    // Files inside a machine, started or stopped.
+
+    fn files_path(app: &str, id: &str, path: &str, extra: &str) -> String {
+        format!(
+            "/v1/apps/{app}/machines/{id}/files?path={}{extra}",
+            encode_segment(path)
+        )
+    }
+
+    /// A file's bytes and permission bits.
+    pub async fn read_file(&self, app: &str, id: &str, path: &str) -> Result<FileContents> {
+        let req = self.request(Method::GET, &Self::files_path(app, id, path, ""));
+        let response = self.send(req).await?;
+        let is_json = response
+            .headers()
+            .get(reqwest::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/json"));
+        if is_json {
+            return Err(ClientError::Api {
+                status: 409,
+                code: "is_a_directory".into(),
+                message: format!("{path:?} inside the machine is a directory; list it instead"),
+            });
+        }
+        let mode = response
+            .headers()
+            .get("x-hangar-file-mode")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .unwrap_or(0);
+        let contents = response
+            .bytes()
+            .await
+            .map_err(|e| ClientError::Protocol(e.to_string()))?
+            .to_vec();
+        Ok(FileContents { contents, mode })
+    }
+
+    pub async fn list_files(&self, app: &str, id: &str, path: &str) -> Result<Vec<FileEntry>> {
+        let path = Self::files_path(app, id, path, "&list=true");
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// Creates or atomically replaces a file.
+    pub async fn write_file(
+        &self,
+        app: &str,
+        id: &str,
+        path: &str,
+        contents: Vec<u8>,
+        options: &WriteFileOptions,
+    ) -> Result<()> {
+        let mut extra = String::new();
+        if let Some(mode) = options.mode {
+            extra.push_str(&format!("&mode={mode:04o}"));
+        }
+        if let Some(uid) = options.uid {
+            extra.push_str(&format!("&uid={uid}"));
+        }
+        if let Some(gid) = options.gid {
+            extra.push_str(&format!("&gid={gid}"));
+        }
+        if options.parents {
+            extra.push_str("&parents=true");
+        }
+        let req = self
+            .request(Method::PUT, &Self::files_path(app, id, path, &extra))
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(contents);
+        self.send(req).await.map(drop)
+    }
+
+    pub async fn make_dir(
+        &self,
+        app: &str,
+        id: &str,
+        path: &str,
+        mode: Option<u32>,
+        parents: bool,
+    ) -> Result<()> {
+        let mut extra = String::from("&mkdir=true");
+        if let Some(mode) = mode {
+            extra.push_str(&format!("&mode={mode:04o}"));
+        }
+        if parents {
+            extra.push_str("&parents=true");
+        }
+        let path = Self::files_path(app, id, path, &extra);
+        self.call_empty::<()>(Method::POST, &path, None).await
+    }
+
+    /// Removes a file or symlink, or with `recursive` a directory and its contents.
+    pub async fn remove_file(
+        &self,
+        app: &str,
+        id: &str,
+        path: &str,
+        recursive: bool,
+    ) -> Result<()> {
+        let extra = if recursive { "&recursive=true" } else { "" };
+        let path = Self::files_path(app, id, path, extra);
+        self.call_empty::<()>(Method::DELETE, &path, None).await
+    }
+
     // Images.
 
     pub async fn list_images(&self) -> Result<Vec<ImageSummary>> {
@@ -544,6 +648,23 @@ impl Client {
             .unwrap_or(Value::String(String::from_utf8_lossy(&bytes).into()));
         Ok((status, value))
     }
+}
+
+/// A file read from inside a machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileContents {
+    pub contents: Vec<u8>,
+    /// Permission bits.
+    pub mode: u32,
+}
+
+/// How [`Client::write_file`] writes: mode 0644 and root's ownership unless given.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct WriteFileOptions {
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub parents: bool,
 }
 
 impl ClientError {

@@ -99,6 +99,9 @@ pub enum MachineCommand {
     /// Checkpoint, restore, diff and delete snapshots of a machine's root filesystem.
     #[command(subcommand, alias = "cp")]
     Checkpoint(super::checkpoint::CheckpointCommand),
+    /// Read, write, list, make and remove files inside a machine, started or stopped.
+    #[command(subcommand)]
+    Files(super::files::FilesCommand),
     /// New machines starting from a checkpoint (or the current state), each
     /// independent afterwards.
     Fork {
@@ -274,6 +277,7 @@ pub async fn run(client: &Client, cmd: MachineCommand, json: bool) -> Result<Exi
             }
         }
         MachineCommand::Checkpoint(cmd) => super::checkpoint::run(client, cmd, json).await?,
+        MachineCommand::Files(cmd) => super::files::run(client, cmd, json).await?,
         MachineCommand::Fork {
             app,
             machine,

@@ -4,6 +4,7 @@
 
 mod app;
 mod checkpoint;
+mod files;
 mod image;
 mod machine;
 mod output;
