@@ -75,15 +75,16 @@ pub async fn read(
         match s.service.read_file(&app, &id, q.path()?, q.list).await? {
             FileRead::Dir(entries) => Json(entries).into_response(),
             FileRead::File(data) => {
+                let size = data.contents.len();
                 let mut response = (
                     [(header::CONTENT_TYPE, "application/octet-stream")],
-                    Bytes::from(data.contents.clone()),
+                    Bytes::from(data.contents),
                 )
                     .into_response();
                 let headers = response.headers_mut();
                 for (name, value) in [
                     (MODE_HEADER, format!("{:04o}", data.mode)),
-                    (SIZE_HEADER, data.contents.len().to_string()),
+                    (SIZE_HEADER, size.to_string()),
                     (MTIME_HEADER, data.mtime.to_string()),
                 ] {
                     if let Ok(value) = HeaderValue::from_str(&value) {

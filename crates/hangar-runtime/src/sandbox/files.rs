@@ -104,7 +104,9 @@ impl GuestPath {
             _ => return DriverError::io(format!("files API on {:?}", self.given), e),
         };
         let why = match kind {
-            PathErrorKind::NotFound => "does not exist (or a parent directory does not)",
+            PathErrorKind::NotFound => {
+                "does not exist (or a parent directory does not; writes and mkdir make missing parents with parents=true)"
+            }
             PathErrorKind::NotADirectory => "is not a directory (or a parent of it is not)",
             PathErrorKind::IsADirectory => "is a directory",
             PathErrorKind::NotEmpty => {
