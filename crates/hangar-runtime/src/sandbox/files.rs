@@ -626,4 +626,22 @@ mod tests {
         }
         assert!(GuestPath::parse("/procfs").is_ok());
     }
+
+    proptest::proptest! {
+        /// Whatever a caller sends, a parsed path is plain names under the root: no
+        /// `..`, `.`, empty or slashed component, and never in a refused tree.
+        #[test]
+        fn parsed_paths_are_plain_names(path in "[/.a-z\\x00]{0,24}") {
+            if let Ok(parsed) = GuestPath::parse(&path) {
+                proptest::prop_assert!(path.starts_with('/'));
+                for part in &parsed.parts {
+                    proptest::prop_assert!(!["", ".", ".."].contains(&part.as_str()));
+                    proptest::prop_assert!(!part.contains('/') && !part.contains('\0'));
+                }
+                if let Some(first) = parsed.parts.first() {
+                    proptest::prop_assert!(!FORBIDDEN.contains(&first.as_str()));
+                }
+            }
+        }
+    }
 }
