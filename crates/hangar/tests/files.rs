@@ -6,35 +6,13 @@ mod common;
 
 use std::path::Path;
 
-use common::{Daemon, skip_unless_root};
+use common::{busybox, setup};
 use hangar_client::{Client, WriteFileOptions};
 use hangar_types::{
-    CreateMachineRequest, FileType, MachineConfig, MachineExecRequest, MachineInit, StopRequest,
+    CreateMachineRequest, FileType, MachineConfig, MachineExecRequest, StopRequest,
 };
 
 const APP: &str = "robots";
-
-fn config(argv: &[&str]) -> MachineConfig {
-    MachineConfig {
-        image: "busybox:latest".into(),
-        init: Some(MachineInit {
-            exec: Some(argv.iter().map(|a| a.to_string()).collect()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-async fn setup() -> Option<(Daemon, Client)> {
-    if skip_unless_root() {
-        return None;
-    }
-    let daemon = Daemon::start();
-    daemon.import_busybox("busybox:latest");
-    let client = daemon.client();
-    client.create_app(APP, None).await.unwrap();
-    Some((daemon, client))
-}
 
 async fn launch(client: &Client, config: MachineConfig) -> String {
     let id = client
@@ -87,10 +65,10 @@ fn code(err: hangar_client::ClientError) -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn files_round_trip_in_started_and_stopped_machines() {
-    let Some((daemon, client)) = setup().await else {
+    let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, config(&["sleep", "100000"])).await;
+    let id = launch(&client, busybox(&["sleep", "100000"])).await;
 
     // Every byte value, so nothing is mangled as text on the way.
     let binary: Vec<u8> = (0..=255u8).cycle().take(256 * 1024 + 7).collect();
@@ -333,7 +311,7 @@ impl Sentinel {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn planted_symlinks_and_dot_dots_never_reach_the_host() {
-    let Some((_daemon, client)) = setup().await else {
+    let Some((_daemon, client)) = setup(APP).await else {
         return;
     };
     let sentinel = Sentinel::new();
@@ -344,7 +322,7 @@ async fn planted_symlinks_and_dot_dots_never_reach_the_host() {
         "while :; do rm -rf /tmp/swap; mkdir /tmp/swap; echo inside > /tmp/swap/secret; \
          rm -rf /tmp/swap; ln -s {s} /tmp/swap; done"
     );
-    let id = launch(&client, config(&["sh", "-c", &swapper])).await;
+    let id = launch(&client, busybox(&["sh", "-c", &swapper])).await;
     let unique = format!("hangar-escape-{}", std::process::id());
     sh(
         &client,

@@ -5,22 +5,10 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, skip_unless_root};
+use common::{Daemon, busybox, skip_unless_root};
 use hangar_types::{
-    CreateMachineRequest, MachineConfig, MachineExecRequest, MachineGuest, MachineInit,
-    MachineRestart, StopRequest,
+    CreateMachineRequest, MachineExecRequest, MachineGuest, MachineRestart, StopRequest,
 };
-
-fn config(argv: &[&str]) -> MachineConfig {
-    MachineConfig {
-        image: "busybox:latest".into(),
-        init: Some(MachineInit {
-            exec: Some(argv.iter().map(|s| s.to_string()).collect()),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 fn exec_req(argv: &[&str]) -> MachineExecRequest {
     MachineExecRequest {
@@ -160,7 +148,7 @@ async fn writes_survive_stop_and_start() {
         .create_machine(
             "keep",
             &CreateMachineRequest {
-                config: config(&["sleep", "100000"]),
+                config: busybox(&["sleep", "100000"]),
                 ..Default::default()
             },
         )
@@ -205,7 +193,7 @@ async fn exec_takes_stdin_and_is_killed_on_timeout() {
         .create_machine(
             "ex",
             &CreateMachineRequest {
-                config: config(&["sleep", "100000"]),
+                config: busybox(&["sleep", "100000"]),
                 ..Default::default()
             },
         )
@@ -255,7 +243,7 @@ async fn exits_follow_the_restart_policy() {
     client.create_app("rp", None).await.unwrap();
 
     // Exits with 3 every time; on-failure with two retries: three runs, then stopped.
-    let mut cfg = config(&["sh", "-c", "echo run; exit 3"]);
+    let mut cfg = busybox(&["sh", "-c", "echo run; exit 3"]);
     cfg.restart = Some(MachineRestart {
         policy: Some("on-failure".into()),
         max_retries: Some(2),
@@ -286,7 +274,7 @@ async fn exits_follow_the_restart_policy() {
     assert_eq!(exit.request["exit_event"]["exit_code"], 3);
 
     // auto_destroy: the machine is gone once its process ends.
-    let mut cfg = config(&["true"]);
+    let mut cfg = busybox(&["true"]);
     cfg.auto_destroy = true;
     let m = client
         .create_machine(
@@ -311,7 +299,7 @@ async fn memory_limit_kills_with_an_oom_event() {
     let client = daemon.client();
     client.create_app("oom", None).await.unwrap();
     // `tail` of an endless line keeps it all in memory.
-    let mut cfg = config(&["sh", "-c", "tail /dev/zero"]);
+    let mut cfg = busybox(&["sh", "-c", "tail /dev/zero"]);
     cfg.guest = Some(MachineGuest {
         cpus: 1,
         memory_mb: 32,
@@ -351,7 +339,7 @@ async fn a_machine_sees_only_itself() {
         .create_machine(
             "iso",
             &CreateMachineRequest {
-                config: config(&["sleep", "100000"]),
+                config: busybox(&["sleep", "100000"]),
                 ..Default::default()
             },
         )
@@ -415,7 +403,7 @@ async fn machines_survive_daemon_kill_and_are_adopted() {
         .create_machine(
             "crash",
             &CreateMachineRequest {
-                config: config(&["sleep", "100000"]),
+                config: busybox(&["sleep", "100000"]),
                 ..Default::default()
             },
         )
@@ -425,7 +413,7 @@ async fn machines_survive_daemon_kill_and_are_adopted() {
         .create_machine(
             "crash",
             &CreateMachineRequest {
-                config: config(&["sleep", "100000"]),
+                config: busybox(&["sleep", "100000"]),
                 ..Default::default()
             },
         )
@@ -506,7 +494,7 @@ async fn kill9_during_operations_leaves_a_consistent_host() {
                     .create_machine(
                         "chaos",
                         &CreateMachineRequest {
-                            config: config(&["sleep", "100000"]),
+                            config: busybox(&["sleep", "100000"]),
                             ..Default::default()
                         },
                     )
@@ -580,7 +568,7 @@ async fn files_update_logs_and_metrics() {
     client.create_app("cfg", None).await.unwrap();
 
     // config.files land in the machine before its process starts.
-    let mut cfg = config(&[
+    let mut cfg = busybox(&[
         "sh",
         "-c",
         "cat /etc/app/greeting; mkfifo /tmp/feed; while true; do cat /tmp/feed; done",

@@ -6,36 +6,13 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Daemon, skip_unless_root};
+use common::{busybox, setup};
 use hangar_client::Client;
 use hangar_types::{
-    CreateMachineRequest, ForkMachineRequest, MachineConfig, MachineExecRequest, MachineInit,
-    StopRequest,
+    CreateMachineRequest, ForkMachineRequest, MachineConfig, MachineExecRequest, StopRequest,
 };
 
 const APP: &str = "robots";
-
-fn config() -> MachineConfig {
-    MachineConfig {
-        image: "busybox:latest".into(),
-        init: Some(MachineInit {
-            exec: Some(vec!["sleep".into(), "100000".into()]),
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
-
-async fn setup() -> Option<(Daemon, Client)> {
-    if skip_unless_root() {
-        return None;
-    }
-    let daemon = Daemon::start();
-    daemon.import_busybox("busybox:latest");
-    let client = daemon.client();
-    client.create_app(APP, None).await.unwrap();
-    Some((daemon, client))
-}
 
 async fn launch(client: &Client, config: MachineConfig) -> String {
     client
@@ -99,10 +76,10 @@ const CHECK: &str = "test \"$(cat /srv/app/keep)\" = one && test \"$(stat -c %a 
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_rewinds_a_started_and_a_stopped_machine() {
-    let Some((daemon, client)) = setup().await else {
+    let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, config()).await;
+    let id = launch(&client, busybox(&["sleep", "100000"])).await;
     sh(&client, &id, BUILD).await;
     // Through the CLI, as a robot with a shell would.
     let out = daemon
@@ -200,7 +177,7 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
     assert_eq!(names, ["base", "stopped"]);
 
     // Another machine's checkpoint is not this machine's to restore.
-    let other = launch(&client, config()).await;
+    let other = launch(&client, busybox(&["sleep", "100000"])).await;
     let err = client
         .restore_checkpoint(APP, &other, &base.id)
         .await
@@ -223,10 +200,10 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn forks_diverge_independently() {
-    let Some((daemon, client)) = setup().await else {
+    let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let source = launch(&client, config()).await;
+    let source = launch(&client, busybox(&["sleep", "100000"])).await;
     sh(&client, &source, "echo shared > /root/base").await;
     let cp = client
         .create_checkpoint(APP, &source, Some("before-ideas"))
@@ -317,10 +294,10 @@ async fn forks_diverge_independently() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
-    let Some((mut daemon, client)) = setup().await else {
+    let Some((mut daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, config()).await;
+    let id = launch(&client, busybox(&["sleep", "100000"])).await;
     sh(
         &client,
         &id,
@@ -374,7 +351,7 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
     );
 
     // An ephemeral root goes back to the image on every start.
-    let mut eph = config();
+    let mut eph = busybox(&["sleep", "100000"]);
     eph.extra.insert("rootfs".into(), "ephemeral".into());
     let e = launch(&client, eph).await;
     sh(&client, &e, "echo scratch > /root/tmp").await;
@@ -389,7 +366,7 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
     client.restore_checkpoint(APP, &e, "scratch").await.unwrap();
     assert_eq!(sh(&client, &e, "ls /root").await, "tmp\n");
 
-    let mut bad = config();
+    let mut bad = busybox(&["sleep", "100000"]);
     bad.extra.insert("rootfs".into(), "forever".into());
     let err = client
         .create_machine(
@@ -406,10 +383,10 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn suspend_freezes_and_start_resumes() {
-    let Some((_daemon, client)) = setup().await else {
+    let Some((_daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, config()).await;
+    let id = launch(&client, busybox(&["sleep", "100000"])).await;
     sh(&client, &id, "echo kept > /root/mem").await;
     client.suspend_machine(APP, &id).await.unwrap();
     assert_eq!(state(&client, &id).await, "suspended");

@@ -13,6 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hangar_client::Client;
+use hangar_types::{MachineConfig, MachineInit};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hangar");
 
@@ -249,4 +250,29 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// A config running `argv` in the busybox image `import_busybox` stores.
+pub fn busybox(argv: &[&str]) -> MachineConfig {
+    MachineConfig {
+        image: "busybox:latest".into(),
+        init: Some(MachineInit {
+            exec: Some(argv.iter().map(|a| a.to_string()).collect()),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+/// A daemon with the busybox image and the app `app`, or `None` when the test cannot
+/// run here (it says why).
+pub async fn setup(app: &str) -> Option<(Daemon, Client)> {
+    if skip_unless_root() {
+        return None;
+    }
+    let daemon = Daemon::start();
+    daemon.import_busybox("busybox:latest");
+    let client = daemon.client();
+    client.create_app(app, None).await.unwrap();
+    Some((daemon, client))
 }
