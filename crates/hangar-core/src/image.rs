@@ -74,6 +74,15 @@ pub enum PullProgress {
 
 pub type ProgressFn = Box<dyn Fn(PullProgress) + Send + Sync>;
 
+/// What a committed image is built on: the machine's image layers (lower directories,
+/// lowest first, as [`Image::layers`] gives them), its config and where it came from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommitBase {
+    pub layers: Vec<PathBuf>,
+    pub config: ImageConfig,
+    pub source: ImageSource,
+}
+
 /// One unpacked layer of an image.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LayerInfo {
@@ -233,6 +242,20 @@ pub trait ImageStore: Send + Sync + 'static {
     ) -> Result<PushResult, ImageError> {
         let _ = (reference, destination);
         Err(ImageError::Unsupported("push images".into()))
+    }
+
+    /// Records `reference` as a new image: `base`'s layers with `upper` (an overlay
+    /// upper directory, read but never written) packed on top as one more
+    /// content-addressed layer, and `base`'s config. `upper` must not change while
+    /// this runs (give it a read-only snapshot).
+    async fn commit_layer(
+        &self,
+        upper: &std::path::Path,
+        base: &CommitBase,
+        reference: &str,
+    ) -> Result<Image, ImageError> {
+        let _ = (upper, base, reference);
+        Err(ImageError::Unsupported("commit machines to images".into()))
     }
 
     /// Stores credentials (and the plain-HTTP flag) for `registry` (`host[:port]`).

@@ -292,7 +292,7 @@ impl LocalImageStore {
     }
 }
 
-fn import_reference(reference: &str) -> Result<Reference, ImageError> {
+pub(crate) fn import_reference(reference: &str) -> Result<Reference, ImageError> {
     let r = Reference::parse(reference)?;
     if r.digest.is_some() {
         // The digest of an import is computed from its content, never chosen.
@@ -303,7 +303,7 @@ fn import_reference(reference: &str) -> Result<Reference, ImageError> {
     Ok(r)
 }
 
-fn local_source(r: &Reference, digest: &str) -> ImageSource {
+pub(crate) fn local_source(r: &Reference, digest: &str) -> ImageSource {
     ImageSource {
         registry: LOCAL_REGISTRY.to_string(),
         repository: r.name(),

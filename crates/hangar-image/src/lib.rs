@@ -13,6 +13,7 @@
 
 pub mod archive;
 pub mod blob;
+mod commit;
 pub mod manifest;
 pub mod pack;
 mod push;
@@ -25,7 +26,7 @@ use std::path::PathBuf;
 
 use async_trait::async_trait;
 use hangar_core::image::{
-    Image, ImageError, ImageStore, LayerInfo, ProgressFn, PruneStats, PushResult,
+    CommitBase, Image, ImageError, ImageStore, LayerInfo, ProgressFn, PruneStats, PushResult,
     RegistryCredentials, TarStream,
 };
 
@@ -109,6 +110,15 @@ impl ImageStore for LocalImageStore {
         destination: Option<&str>,
     ) -> Result<PushResult, ImageError> {
         LocalImageStore::push(self, reference, destination).await
+    }
+
+    async fn commit_layer(
+        &self,
+        upper: &std::path::Path,
+        base: &CommitBase,
+        reference: &str,
+    ) -> Result<Image, ImageError> {
+        LocalImageStore::commit_layer(self, upper, base, reference).await
     }
 
     async fn set_registry_credentials(
