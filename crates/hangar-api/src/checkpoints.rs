@@ -1,4 +1,4 @@
-//! Checkpoint, restore, fork and diff routes.
+//! Checkpoint, restore, fork, diff and commit routes.
 
 use axum::Json;
 use axum::extract::{Path, State};
@@ -103,4 +103,19 @@ pub async fn fork(
     Body(req): Body<ForkMachineRequest>,
 ) -> ApiResult<Json<ForkMachineResponse>> {
     Ok(Json(s.service.fork_machine(&app, &id, req, &caller).await?))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/machines/{id}/commit", tag = "Checkpoints",
+    request_body = CommitMachineRequest,
+    responses((status = 200, body = CommitMachineResponse), (status = 400, body = ErrorResponse),
+        (status = 404, body = ErrorResponse), (status = 501, body = ErrorResponse)))]
+pub async fn commit(
+    State(s): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    LeaseNonce(caller): LeaseNonce,
+    Body(req): Body<CommitMachineRequest>,
+) -> ApiResult<Json<CommitMachineResponse>> {
+    Ok(Json(
+        s.service.commit_machine(&app, &id, req, &caller).await?,
+    ))
 }

@@ -93,6 +93,7 @@ pub fn router(state: AppState) -> Router {
             get(checkpoints::diff),
         )
         .route(&format!("{machine}/fork"), post(checkpoints::fork))
+        .route(&format!("{machine}/commit"), post(checkpoints::commit))
         .route(
             &format!("{machine}/files"),
             get(files::read)

@@ -19,6 +19,7 @@ use crate::{checkpoints, files, images, machines};
         images::prune, images::login,
         checkpoints::create, checkpoints::list, checkpoints::get, checkpoints::delete,
         checkpoints::restore, checkpoints::diff, checkpoints::fork,
+        checkpoints::commit,
         files::read, files::write, files::post, files::mkdir, files::remove,
     ),
     modifiers(&BearerAuth),

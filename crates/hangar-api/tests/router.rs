@@ -649,6 +649,58 @@ async fn checkpoint_routes_report_missing_and_unsupported_clearly() {
 }
 
 #[tokio::test]
+async fn commit_route_reports_bad_input_and_unsupported_clearly() {
+    let h = harness().await;
+    let (status, machine) = h.create(json!({"image": "busybox:latest"})).await;
+    assert_eq!(status, StatusCode::OK, "{machine}");
+    let base = format!("/v1/apps/demo/machines/{}", machine["id"].as_str().unwrap());
+    let commit = format!("{base}/commit");
+
+    let (status, body) = h.call(Method::POST, &commit, None).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("reference"),
+        "{body}"
+    );
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &commit,
+            Some(json!({"reference": "built:v1", "checkpoint": "nope"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "checkpoint_not_found");
+    // The fake driver has no snapshots: a host without btrfs answers the same way.
+    let (status, body) = h
+        .call(
+            Method::POST,
+            &commit,
+            Some(json!({"reference": "built:v1"})),
+        )
+        .await;
+    assert_eq!(status.as_u16(), 501, "{body}");
+    assert_eq!(body["code"], "unsupported");
+    let (status, body) = h
+        .call(
+            Method::POST,
+            "/v1/apps/demo/machines/d0000000000000/commit",
+            Some(json!({"reference": "built:v1"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{body}");
+    assert_eq!(body["code"], "machine_not_found");
+
+    let (_, doc) = h.call(Method::GET, "/v1/openapi.json", None).await;
+    assert!(doc["paths"]["/v1/apps/{app}/machines/{id}/commit"]["post"].is_object());
+    assert!(
+        doc["components"]["schemas"]
+            .get("CommitMachineRequest")
+            .is_some()
+    );
+}
+
+#[tokio::test]
 async fn files_routes_report_bad_input_in_hangars_format() {
     let h = harness().await;
     let (status, machine) = h.create(json!({"image": "busybox:latest"})).await;

@@ -433,6 +433,18 @@ impl Client {
         self.call(Method::POST, &path, Some(req)).await
     }
 
+    /// Records the machine (or one of its checkpoints) as a local image, and pushes
+    /// it when asked.
+    pub async fn commit_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: &CommitMachineRequest,
+    ) -> Result<CommitMachineResponse> {
+        let path = format!("/v1/apps/{app}/machines/{id}/commit");
+        self.call(Method::POST, &path, Some(req)).await
+    }
+
     // Files inside a machine, started or stopped.
 
     fn files_path(app: &str, id: &str, path: &str, extra: &str) -> String {

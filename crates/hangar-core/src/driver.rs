@@ -332,6 +332,17 @@ pub trait Driver: Send + Sync + 'static {
         Err(unsupported(self.name()))
     }
 
+    /// The upper directory of the machine's checkpoint `checkpoint` (read-only, with
+    /// overlay whiteouts and opaque markers as on disk), for packing as an image layer.
+    async fn checkpoint_upper(
+        &self,
+        id: &MachineId,
+        checkpoint: &str,
+    ) -> Result<PathBuf, DriverError> {
+        let _ = (id, checkpoint);
+        Err(unsupported(self.name()))
+    }
+
     /// What changed in the machine's layer from `from` to `to` (a checkpoint, or the
     /// live layer when `None`).
     async fn diff(

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
-use crate::Machine;
+use crate::{ImageSummary, Machine, PushImageResponse};
 
 /// `POST /v1/apps/{app}/machines/{id}/checkpoints`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -45,6 +45,36 @@ pub struct ForkMachineResponse {
     /// The checkpoint the machines were forked from.
     pub checkpoint: String,
     pub machines: Vec<Machine>,
+}
+
+/// `POST /v1/apps/{app}/machines/{id}/commit`: the machine's root filesystem (or one
+/// of its checkpoints) as a new local image, optionally pushed to a registry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CommitMachineRequest {
+    /// The local image to record, e.g. `built:v1`.
+    #[serde(default)]
+    pub reference: String,
+    /// The checkpoint (id or name) to commit; the current state when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// Push the new image afterwards (to `destination`, or to `reference` itself,
+    /// which must then name a registry).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub push: bool,
+    /// Where to push, `registry[:port]/repository[:tag]`; implies `push`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub destination: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct CommitMachineResponse {
+    pub image: ImageSummary,
+    /// The checkpoint committed, when one was named.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<String>,
+    /// The push, when one was asked for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pushed: Option<PushImageResponse>,
 }
 
 /// One changed path.

@@ -7,8 +7,8 @@
 use chrono::Utc;
 use futures::StreamExt;
 use hangar_types::{
-    Checkpoint, CheckpointDiff, CreateCheckpointRequest, ErrorCode, ForkMachineRequest,
-    ForkMachineResponse,
+    Checkpoint, CheckpointDiff, CommitMachineRequest, CommitMachineResponse,
+    CreateCheckpointRequest, ErrorCode, ForkMachineRequest, ForkMachineResponse, PushImageRequest,
 };
 use serde_json::json;
 
@@ -16,6 +16,7 @@ use super::machines::sandbox_spec;
 use super::{Caller, Service};
 use crate::error::{Error, Result};
 use crate::ids::{MachineId, instance_id, random_hex};
+use crate::image::{CommitBase, ImageSource};
 use crate::model::{CheckpointRecord, MachineRecord};
 use crate::state::MachineState;
 use crate::store::StoreError;
@@ -47,22 +48,7 @@ impl Service {
         machine: &MachineRecord,
         name: Option<String>,
     ) -> Result<CheckpointRecord> {
-        if matches!(
-            machine.state,
-            MachineState::Starting
-                | MachineState::Stopping
-                | MachineState::Suspending
-                | MachineState::Replacing
-                | MachineState::Destroying
-        ) {
-            return Err(Error::request(
-                ErrorCode::InvalidState,
-                format!(
-                    "machine {} is {}; wait for it to settle (GET .../wait) and checkpoint again",
-                    machine.id, machine.state
-                ),
-            ));
-        }
+        check_settled(machine, "checkpoint")?;
         let checkpoint_id = format!("cp{}", random_hex(8));
         let name = match name.filter(|n| !n.is_empty()) {
             Some(name) => {
@@ -348,6 +334,98 @@ impl Service {
         Ok(machine)
     }
 
+    /// Records the machine's root filesystem (or one of its checkpoints) as a new local
+    /// image: its image's layers with the machine's changes as one more layer on top,
+    /// and its image's config. The current state is snapshotted for the purpose (a
+    /// running machine is frozen for that instant) and the snapshot dropped afterwards.
+    pub async fn commit_machine(
+        &self,
+        app: &str,
+        id: &str,
+        req: CommitMachineRequest,
+        caller: &Caller,
+    ) -> Result<CommitMachineResponse> {
+        let reference = req.reference.trim().to_string();
+        if reference.is_empty() {
+            return Err(Error::bad_request(
+                "a commit needs a reference to store the image under, e.g. {\"reference\": \"built:v1\"}",
+            ));
+        }
+        let machine = self.live_machine(app, id).await?;
+        let guard = self.lock(&machine.id).await;
+        let machine = self.reload(&machine).await?;
+        self.check_lease(&machine, caller)?;
+        let base = CommitBase {
+            layers: machine.image.layers.clone(),
+            config: machine.image.config.clone(),
+            source: ImageSource {
+                registry: machine.image_ref.registry.clone(),
+                repository: machine.image_ref.repository.clone(),
+                tag: machine.image_ref.tag.clone(),
+                digest: machine.image_ref.digest.clone(),
+            },
+        };
+        let started = std::time::Instant::now();
+        let (image, checkpoint) = match req.checkpoint.as_deref().filter(|c| !c.is_empty()) {
+            Some(checkpoint) => {
+                // The lock stays held so the checkpoint cannot be deleted under the commit.
+                let record = self.checkpoint_of(&machine, checkpoint).await?;
+                let upper = self
+                    .driver
+                    .checkpoint_upper(&machine.id, &record.id)
+                    .await?;
+                let image = self.images.commit_layer(&upper, &base, &reference).await;
+                drop(guard);
+                (image, Some(record.id))
+            }
+            None => {
+                check_settled(&machine, "commit")?;
+                let snapshot = format!("commit{}", random_hex(8));
+                self.driver.checkpoint(&machine.id, &snapshot).await?;
+                // Nobody else knows this snapshot: the machine is free again.
+                drop(guard);
+                let image = match self.driver.checkpoint_upper(&machine.id, &snapshot).await {
+                    Ok(upper) => self.images.commit_layer(&upper, &base, &reference).await,
+                    Err(err) => {
+                        let _ = self.driver.delete_checkpoint(&machine.id, &snapshot).await;
+                        return Err(err.into());
+                    }
+                };
+                if let Err(err) = self.driver.delete_checkpoint(&machine.id, &snapshot).await {
+                    tracing::warn!(machine = %machine.id, error = ?err, "dropping a commit's snapshot failed");
+                }
+                (image, None)
+            }
+        };
+        let image = image?;
+        metrics::histogram!("hangar_commit_seconds").record(started.elapsed().as_secs_f64());
+        self.event(
+            &machine,
+            "commit",
+            "created",
+            "user",
+            json!({"image": image.reference, "checkpoint": checkpoint}),
+        )
+        .await;
+        let summary = super::images::summary(&image);
+        let pushed = if req.push || req.destination.is_some() {
+            Some(
+                self.push_image(PushImageRequest {
+                    reference: image.reference.clone(),
+                    destination: req.destination.filter(|d| !d.trim().is_empty()),
+                })
+                .await?,
+            )
+        } else {
+            None
+        };
+        Ok(CommitMachineResponse {
+            image: summary,
+            checkpoint,
+            pushed,
+        })
+    }
+
     pub async fn diff_checkpoint(
         &self,
         app: &str,
@@ -416,4 +494,25 @@ impl Service {
             Err(err) => tracing::warn!(machine = %machine.id, %err, "could not list checkpoints"),
         }
     }
+}
+
+/// Refuses a machine in the middle of a transition.
+fn check_settled(machine: &MachineRecord, verb: &str) -> Result<()> {
+    if matches!(
+        machine.state,
+        MachineState::Starting
+            | MachineState::Stopping
+            | MachineState::Suspending
+            | MachineState::Replacing
+            | MachineState::Destroying
+    ) {
+        return Err(Error::request(
+            ErrorCode::InvalidState,
+            format!(
+                "machine {} is {}; wait for it to settle (GET .../wait) and {verb} again",
+                machine.id, machine.state
+            ),
+        ));
+    }
+    Ok(())
 }

@@ -260,7 +260,7 @@ impl Service {
     }
 }
 
-fn summary(image: &Image) -> ImageSummary {
+pub(super) fn summary(image: &Image) -> ImageSummary {
     ImageSummary {
         reference: image.reference.clone(),
         digest: image.source.digest.clone(),

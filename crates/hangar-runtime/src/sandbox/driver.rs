@@ -105,6 +105,14 @@ impl Driver for SandboxDriver {
         Ok(self.fork_layer(source, checkpoint, spec).await?)
     }
 
+    async fn checkpoint_upper(
+        &self,
+        id: &MachineId,
+        checkpoint: &str,
+    ) -> Result<PathBuf, DriverError> {
+        Ok(self.storage.checkpoint_upper(id, checkpoint)?)
+    }
+
     async fn diff(
         &self,
         id: &MachineId,

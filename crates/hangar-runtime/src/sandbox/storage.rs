@@ -200,6 +200,22 @@ impl Storage {
             .map_err(io_err(format!("snapshotting the layer of {id}")))
     }
 
+    /// The upper directory of a checkpoint; `InvalidSpec` when there is no such
+    /// checkpoint.
+    pub fn checkpoint_upper(
+        &self,
+        id: &MachineId,
+        checkpoint: &str,
+    ) -> Result<PathBuf, SandboxError> {
+        let upper = self.checkpoint_path(id, checkpoint)?.join("upper");
+        if !upper.is_dir() {
+            return Err(SandboxError::InvalidSpec(format!(
+                "machine {id} has no checkpoint {checkpoint}"
+            )));
+        }
+        Ok(upper)
+    }
+
     pub fn has_checkpoint(&self, id: &MachineId, checkpoint: &str) -> bool {
         self.checkpoint_path(id, checkpoint)
             .is_ok_and(|p| p.exists())

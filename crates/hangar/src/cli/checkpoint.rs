@@ -4,7 +4,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 use hangar_client::Client;
-use hangar_types::{CheckpointDiff, ForkMachineRequest};
+use hangar_types::{CheckpointDiff, CommitMachineRequest, ForkMachineRequest};
 
 use super::machine::{AppArg, resolve};
 use super::output;
@@ -157,6 +157,47 @@ pub async fn fork(
             .collect();
         println!("forked from checkpoint {}", forked.checkpoint);
         output::table(&["ID", "NAME", "STATE"], &rows);
+    }
+    Ok(())
+}
+
+/// `hangar machine commit`.
+pub async fn commit(
+    client: &Client,
+    app: &str,
+    machine: &str,
+    req: CommitMachineRequest,
+    json: bool,
+) -> Result<()> {
+    let id = resolve(client, app, machine).await?;
+    let committed = client.commit_machine(app, &id, &req).await?;
+    if json {
+        output::json(&committed);
+        return Ok(());
+    }
+    let image = &committed.image;
+    println!(
+        "committed {}{} as {} ({}, {} layer(s), {:.1} MB)",
+        id,
+        committed
+            .checkpoint
+            .as_deref()
+            .map(|c| format!(" checkpoint {c}"))
+            .unwrap_or_default(),
+        image.reference,
+        image.digest,
+        image.layers,
+        image.size as f64 / 1e6
+    );
+    if let Some(pushed) = &committed.pushed {
+        println!(
+            "pushed {} ({}, {} layer(s), {} already there, {:.1} MB sent)",
+            pushed.reference,
+            pushed.digest,
+            pushed.layers,
+            pushed.layers_present,
+            pushed.bytes_uploaded as f64 / 1e6
+        );
     }
     Ok(())
 }

@@ -118,6 +118,24 @@ pub enum MachineCommand {
         #[arg(long)]
         name: Option<String>,
     },
+    /// Record a machine's root filesystem (or one of its checkpoints) as a local image:
+    /// its image's layers plus the machine's changes as one more layer, optionally
+    /// pushed to a registry.
+    Commit {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+        /// The local image to record, e.g. `built:v1`.
+        #[arg(long, short = 't')]
+        tag: String,
+        /// Checkpoint id or name; the current state when absent.
+        #[arg(long)]
+        checkpoint: Option<String>,
+        /// Push the image afterwards, to DEST (`registry[:port]/repository[:tag]`) or,
+        /// without one, to the tag itself.
+        #[arg(long, value_name = "DEST", num_args = 0..=1, default_missing_value = "")]
+        push: Option<String>,
+    },
     /// Destroy a machine.
     #[command(alias = "rm")]
     Destroy {
@@ -291,6 +309,21 @@ pub async fn run(client: &Client, cmd: MachineCommand, json: bool) -> Result<Exi
                 name,
             };
             super::checkpoint::fork(client, &app.app, &machine, req, json).await?
+        }
+        MachineCommand::Commit {
+            app,
+            machine,
+            tag,
+            checkpoint,
+            push,
+        } => {
+            let req = hangar_types::CommitMachineRequest {
+                reference: tag,
+                checkpoint,
+                push: push.is_some(),
+                destination: push.filter(|d| !d.is_empty()),
+            };
+            super::checkpoint::commit(client, &app.app, &machine, req, json).await?
         }
         MachineCommand::Destroy {
             app,
