@@ -122,10 +122,7 @@ async fn a_committed_machine_is_an_image_new_machines_start_from() {
     sh(&client, &id, BUILD).await;
 
     let committed = cli_commit(&daemon, &[&id, "--tag", "built:v1"]);
-    assert!(
-        committed.image.reference.ends_with("built:v1"),
-        "{committed:?}"
-    );
+    assert_eq!(committed.image.reference, "built:v1");
     assert_eq!(
         committed.image.layers, 2,
         "busybox's layer and the machine's"
@@ -306,6 +303,15 @@ async fn a_commit_pushed_to_a_registry_runs_on_another_daemon() {
     let pushed = committed.pushed.expect("a push result");
     assert_eq!(pushed.reference, dest);
     assert_eq!((pushed.layers, pushed.layers_present), (2, 0));
+    // `--push` without a destination pushes to the tag, which names the registry;
+    // the same content sends nothing new.
+    let own = format!("{}/robots/built:own", reg.addr);
+    let again = cli_commit(&daemon, &[&id, "--tag", &own, "--push"]);
+    let again = again.pushed.expect("a push result");
+    assert_eq!(
+        (again.reference.as_str(), again.layers_present),
+        (own.as_str(), 2)
+    );
 
     // The reference tools see the machine's file and not the file it deleted.
     let work = tempfile::tempdir().unwrap();
