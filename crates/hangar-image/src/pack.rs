@@ -7,6 +7,9 @@
 //! whiteouts turn back into OCI ones: a 0/0 character device `x` becomes an empty
 //! `.wh.x`, a directory marked `trusted.overlay.opaque=y` gets a `.wh..wh..opq` entry.
 //!
+//! An overlay upper directory that uses redirects or metadata-only copies is refused:
+//! those entries' contents are in lower layers, which an OCI layer cannot point to.
+//!
 //! Reads only the layer directory; writes only the blob file it is given.
 
 use std::collections::HashMap;
@@ -27,6 +30,8 @@ use crate::unpack::OVERLAY_OPAQUE_XATTR;
 
 const WHITEOUT_PREFIX: &str = ".wh.";
 const OPAQUE_WHITEOUT: &str = ".wh..wh..opq";
+const OVERLAY_REDIRECT_XATTR: &str = "trusted.overlay.redirect";
+const OVERLAY_METACOPY_XATTR: &str = "trusted.overlay.metacopy";
 
 /// A packed layer blob.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -112,6 +117,19 @@ impl<W: Write> Packer<W> {
         }
 
         let xattrs = list_xattrs(path).map_err(|e| io_err("read xattrs of", e))?;
+        // A renamed directory or a metadata-only copy (overlay's redirect_dir and
+        // metacopy features) points into lower layers: its contents are not here, and an
+        // OCI layer has no way to say where they are.
+        if let Some((k, _)) = xattrs
+            .iter()
+            .find(|(k, _)| k == OVERLAY_REDIRECT_XATTR || k == OVERLAY_METACOPY_XATTR)
+        {
+            return Err(ImageError::Unsupported(format!(
+                "pack {} as an image layer: it carries {k}, so its contents live in a lower \
+                 layer (overlay redirect_dir or metacopy is on for this host's overlays)",
+                rel.display()
+            )));
+        }
         let opaque = xattrs
             .iter()
             .any(|(k, v)| k == OVERLAY_OPAQUE_XATTR && v == b"y");
@@ -131,6 +149,10 @@ impl<W: Write> Packer<W> {
                 let mut wh = Header::new_gnu();
                 wh.set_entry_type(EntryType::Regular);
                 wh.set_mode(0o600);
+                // A fresh header's ids are blank, which unpackers (ours included)
+                // reject.
+                wh.set_uid(0);
+                wh.set_gid(0);
                 wh.set_mtime(meta.mtime().max(0) as u64);
                 wh.set_size(0);
                 self.append(&mut wh, &rel.join(OPAQUE_WHITEOUT), io::empty(), path)?;
@@ -454,6 +476,16 @@ mod tests {
             })
             .collect();
         names.sort_by(|a, b| a.0.cmp(&b.0));
+        // What was packed unpacks again, whiteouts included.
+        let again = tmp.path().join("again");
+        std::fs::create_dir(&again).unwrap();
+        crate::unpack::unpack_layer(
+            flate2::read::GzDecoder::new(File::open(&out).unwrap()),
+            &again,
+            &UnpackOptions::default(),
+        )
+        .unwrap();
+        assert!(again.join("opaque/kept").is_file());
         assert_eq!(
             names,
             vec![
@@ -463,5 +495,32 @@ mod tests {
                 ("opaque/kept".to_string(), EntryType::Regular),
             ]
         );
+    }
+
+    #[test]
+    fn overlay_redirects_and_metacopies_are_refused() {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipping: trusted xattrs need root");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        for xattr in [OVERLAY_REDIRECT_XATTR, OVERLAY_METACOPY_XATTR] {
+            let layer = tmp.path().join(xattr);
+            std::fs::create_dir_all(layer.join("moved")).unwrap();
+            let c = CString::new(layer.join("moved").as_os_str().as_bytes()).unwrap();
+            let key = CString::new(xattr).unwrap();
+            // SAFETY: both strings are NUL-terminated; the value is a live buffer.
+            let rc =
+                unsafe { libc::setxattr(c.as_ptr(), key.as_ptr(), b"/etc".as_ptr().cast(), 4, 0) };
+            if rc != 0 {
+                eprintln!("skipping: {}", io::Error::last_os_error());
+                return;
+            }
+            let err = pack_layer(&layer, &tmp.path().join("out.tgz")).unwrap_err();
+            assert!(
+                matches!(&err, ImageError::Unsupported(m) if m.contains(xattr)),
+                "{err:?}"
+            );
+        }
     }
 }
