@@ -146,6 +146,39 @@ async fn a_committed_machine_is_an_image_new_machines_start_from() {
         .await,
         "v1\nbusybox\n"
     );
+
+    // A commit of a machine made from a commit stacks one more layer; a directory
+    // replaced wholesale (an opaque directory in overlay terms) hides the old one.
+    sh(
+        &client,
+        &child,
+        "echo old > /opt/tool/old && test -e /opt/tool/old",
+    )
+    .await;
+    let grandchild_image = client
+        .commit_machine(APP, &child, &commit_req("built:v2", None))
+        .await
+        .unwrap();
+    assert_eq!(grandchild_image.image.layers, 3);
+    let next = launch(&client, sleeper("built:v2")).await;
+    client.wait(APP, &next, "started", 30).await.unwrap();
+    sh(
+        &client,
+        &next,
+        "rm -rf /opt/tool && mkdir /opt/tool && echo v3 > /opt/tool/VERSION",
+    )
+    .await;
+    client
+        .commit_machine(APP, &next, &commit_req("built:v3", None))
+        .await
+        .unwrap();
+    let last = launch(&client, sleeper("built:v3")).await;
+    client.wait(APP, &last, "started", 30).await.unwrap();
+    assert_eq!(
+        sh(&client, &last, "ls /opt/tool && cat /opt/tool/VERSION").await,
+        "VERSION\nv3\n"
+    );
+
     let listed = client.list_images().await.unwrap();
     assert!(
         listed
