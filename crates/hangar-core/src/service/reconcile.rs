@@ -45,6 +45,13 @@ impl Service {
             let mut machine = self.reload(&machine).await?;
             if let Err(err) = self.recover_one(&mut machine).await {
                 tracing::error!(machine = %id, error = ?err, "recovery failed");
+                // Never leave a machine half-way: a transient state nobody will finish
+                // becomes `failed`, which start, update and destroy all accept.
+                if let Ok(mut current) = self.reload(&machine).await
+                    && current.state.is_transient()
+                {
+                    let _ = self.set_state(&mut current, MachineState::Failed).await;
+                }
             }
         }
         Ok(())
@@ -91,7 +98,11 @@ impl Service {
                 self.exited_locked(machine, last_exit.unwrap_or_default())
                     .await?;
             }
-            (Starting, Observed::Idle { .. }) => self.start_locked(machine, "hangar").await?,
+            (Starting, Observed::Idle { .. }) => {
+                // The start never reached init: try it again from a settled state.
+                self.set_state(machine, Stopped).await?;
+                self.start_locked(machine, "hangar").await?
+            }
             (
                 Stopping | Replacing | Created | Stopped | Failed,
                 Observed::Running { .. } | Observed::Frozen,
