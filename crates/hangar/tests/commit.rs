@@ -9,31 +9,16 @@ mod registry;
 use std::path::Path;
 use std::process::Command;
 
-use common::{Daemon, busybox, setup, skip_unless_root};
-use hangar_client::{Client, ClientError};
+use common::{Daemon, busybox, launch, setup, sh, skip_unless_root};
+use hangar_client::ClientError;
 use hangar_types::{
-    CommitMachineRequest, CommitMachineResponse, CreateMachineRequest, MachineConfig,
-    MachineExecRequest, MachineInit, StopRequest,
+    CommitMachineRequest, CommitMachineResponse, MachineConfig, MachineInit, StopRequest,
 };
 use registry::{Registry, missing_tools};
 
 const APP: &str = "builders";
 /// What a robot's build leaves behind: a new file and a deleted one.
 const BUILD: &str = "mkdir -p /opt/tool && echo v1 > /opt/tool/VERSION && rm /bin/vi";
-
-async fn launch(client: &Client, config: MachineConfig) -> String {
-    client
-        .create_machine(
-            APP,
-            &CreateMachineRequest {
-                config,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .id
-}
 
 fn sleeper(image: &str) -> MachineConfig {
     MachineConfig {
@@ -44,27 +29,6 @@ fn sleeper(image: &str) -> MachineConfig {
         }),
         ..Default::default()
     }
-}
-
-/// Runs a shell script in the machine; panics unless it exits 0. Returns stdout.
-async fn sh(client: &Client, id: &str, script: &str) -> String {
-    let out = client
-        .exec(
-            APP,
-            id,
-            &MachineExecRequest {
-                command: Some(vec!["sh".into(), "-c".into(), script.into()]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        out.exit_code, 0,
-        "{script}: stdout {:?} stderr {:?}",
-        out.stdout, out.stderr
-    );
-    out.stdout
 }
 
 /// `hangar machine commit ... --json`, which must succeed.
@@ -117,9 +81,9 @@ async fn a_committed_machine_is_an_image_new_machines_start_from() {
     let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, busybox(&["sleep", "100000"])).await;
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
     client.wait(APP, &id, "started", 30).await.unwrap();
-    sh(&client, &id, BUILD).await;
+    sh(&client, APP, &id, BUILD).await;
 
     let committed = cli_commit(&daemon, &[&id, "--tag", "built:v1"]);
     assert_eq!(committed.image.reference, "built:v1");
@@ -133,13 +97,14 @@ async fn a_committed_machine_is_an_image_new_machines_start_from() {
     assert!(client.list_checkpoints(APP, &id).await.unwrap().is_empty());
     assert_eq!(leftover_snapshots(&daemon), Vec::<String>::new());
     // The machine keeps running, untouched.
-    assert_eq!(sh(&client, &id, "cat /opt/tool/VERSION").await, "v1\n");
+    assert_eq!(sh(&client, APP, &id, "cat /opt/tool/VERSION").await, "v1\n");
 
-    let child = launch(&client, sleeper("built:v1")).await;
+    let child = launch(&client, APP, sleeper("built:v1")).await;
     client.wait(APP, &child, "started", 30).await.unwrap();
     assert_eq!(
         sh(
             &client,
+            APP,
             &child,
             "cat /opt/tool/VERSION && test ! -e /bin/vi && readlink /bin/sh"
         )
@@ -151,6 +116,7 @@ async fn a_committed_machine_is_an_image_new_machines_start_from() {
     // replaced wholesale (an opaque directory in overlay terms) hides the old one.
     sh(
         &client,
+        APP,
         &child,
         "echo old > /opt/tool/old && test -e /opt/tool/old",
     )
@@ -160,10 +126,11 @@ async fn a_committed_machine_is_an_image_new_machines_start_from() {
         .await
         .unwrap();
     assert_eq!(grandchild_image.image.layers, 3);
-    let next = launch(&client, sleeper("built:v2")).await;
+    let next = launch(&client, APP, sleeper("built:v2")).await;
     client.wait(APP, &next, "started", 30).await.unwrap();
     sh(
         &client,
+        APP,
         &next,
         "rm -rf /opt/tool && mkdir /opt/tool && echo v3 > /opt/tool/VERSION",
     )
@@ -172,10 +139,10 @@ async fn a_committed_machine_is_an_image_new_machines_start_from() {
         .commit_machine(APP, &next, &commit_req("built:v3", None))
         .await
         .unwrap();
-    let last = launch(&client, sleeper("built:v3")).await;
+    let last = launch(&client, APP, sleeper("built:v3")).await;
     client.wait(APP, &last, "started", 30).await.unwrap();
     assert_eq!(
-        sh(&client, &last, "ls /opt/tool && cat /opt/tool/VERSION").await,
+        sh(&client, APP, &last, "ls /opt/tool && cat /opt/tool/VERSION").await,
         "VERSION\nv3\n"
     );
 
@@ -193,15 +160,16 @@ async fn a_commit_from_a_checkpoint_has_the_checkpoints_files_not_the_later_ones
     let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, busybox(&["sleep", "100000"])).await;
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
     client.wait(APP, &id, "started", 30).await.unwrap();
-    sh(&client, &id, BUILD).await;
+    sh(&client, APP, &id, BUILD).await;
     let cp = client
         .create_checkpoint(APP, &id, Some("built"))
         .await
         .unwrap();
     sh(
         &client,
+        APP,
         &id,
         "echo v2 > /opt/tool/VERSION && touch /opt/tool/later && rm /bin/yes",
     )
@@ -224,13 +192,12 @@ async fn a_commit_from_a_checkpoint_has_the_checkpoints_files_not_the_later_ones
         .unwrap();
     assert_ne!(from_cp.image.digest, now.image.digest);
 
-    let a = launch(&client, sleeper("built:cp")).await;
-    let b = launch(&client, sleeper("built:now")).await;
+    let a = launch(&client, APP, sleeper("built:cp")).await;
+    let b = launch(&client, APP, sleeper("built:now")).await;
     client.wait(APP, &a, "started", 30).await.unwrap();
     client.wait(APP, &b, "started", 30).await.unwrap();
     assert_eq!(
-        sh(
-            &client,
+        sh(&client, APP,
             &a,
             "cat /opt/tool/VERSION && test ! -e /opt/tool/later && test ! -e /bin/vi && test -e /bin/yes && echo ok"
         )
@@ -238,8 +205,7 @@ async fn a_commit_from_a_checkpoint_has_the_checkpoints_files_not_the_later_ones
         "v1\nok\n"
     );
     assert_eq!(
-        sh(
-            &client,
+        sh(&client, APP,
             &b,
             "cat /opt/tool/VERSION && test -e /opt/tool/later && test ! -e /bin/vi && test ! -e /bin/yes && echo ok"
         )
@@ -256,7 +222,7 @@ async fn bad_commits_say_what_is_wrong() {
     let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, busybox(&["sleep", "100000"])).await;
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
     client.wait(APP, &id, "started", 30).await.unwrap();
 
     let (code, _) = api_code(
@@ -327,9 +293,9 @@ async fn a_commit_pushed_to_a_registry_runs_on_another_daemon() {
     let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, busybox(&["sleep", "100000"])).await;
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
     client.wait(APP, &id, "started", 30).await.unwrap();
-    sh(&client, &id, BUILD).await;
+    sh(&client, APP, &id, BUILD).await;
     let dest = format!("{}/robots/built:v1", reg.addr);
 
     let committed = cli_commit(&daemon, &[&id, "--tag", "built:v1", "--push", &dest]);
@@ -362,11 +328,12 @@ async fn a_commit_pushed_to_a_registry_runs_on_another_daemon() {
     let pulled = client2.pull_image(&dest).await.unwrap();
     assert_eq!(pulled.digest, pushed.digest);
     client2.create_app(APP, None).await.unwrap();
-    let m = launch(&client2, sleeper(&dest)).await;
+    let m = launch(&client2, APP, sleeper(&dest)).await;
     client2.wait(APP, &m, "started", 30).await.unwrap();
     assert_eq!(
         sh(
             &client2,
+            APP,
             &m,
             "cat /opt/tool/VERSION && test ! -e /bin/vi && echo ok"
         )

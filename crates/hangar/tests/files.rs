@@ -6,50 +6,11 @@ mod common;
 
 use std::path::Path;
 
-use common::{busybox, setup};
-use hangar_client::{Client, WriteFileOptions};
-use hangar_types::{
-    CreateMachineRequest, FileType, MachineConfig, MachineExecRequest, StopRequest,
-};
+use common::{busybox, launch, setup, sh};
+use hangar_client::WriteFileOptions;
+use hangar_types::{FileType, StopRequest};
 
 const APP: &str = "robots";
-
-async fn launch(client: &Client, config: MachineConfig) -> String {
-    let id = client
-        .create_machine(
-            APP,
-            &CreateMachineRequest {
-                config,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .id;
-    client.wait(APP, &id, "started", 30).await.unwrap();
-    id
-}
-
-/// Runs a shell script in the machine; panics unless it exits 0. Returns stdout.
-async fn sh(client: &Client, id: &str, script: &str) -> String {
-    let out = client
-        .exec(
-            APP,
-            id,
-            &MachineExecRequest {
-                command: Some(vec!["sh".into(), "-c".into(), script.into()]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        out.exit_code, 0,
-        "{script}: stdout {:?} stderr {:?}",
-        out.stdout, out.stderr
-    );
-    out.stdout
-}
 
 fn opts(mode: u32, parents: bool) -> WriteFileOptions {
     WriteFileOptions {
@@ -68,7 +29,7 @@ async fn files_round_trip_in_started_and_stopped_machines() {
     let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, busybox(&["sleep", "100000"])).await;
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
 
     // Every byte value, so nothing is mangled as text on the way.
     let binary: Vec<u8> = (0..=255u8).cycle().take(256 * 1024 + 7).collect();
@@ -86,7 +47,7 @@ async fn files_round_trip_in_started_and_stopped_machines() {
     assert!(file.contents == binary, "binary content changed on the way");
     assert_eq!(file.mode, 0o640);
     assert_eq!(
-        sh(&client, &id, "stat -c '%a %u %g %s' /srv/a/blob.bin")
+        sh(&client, APP, &id, "stat -c '%a %u %g %s' /srv/a/blob.bin")
             .await
             .trim(),
         format!("640 0 0 {}", binary.len())
@@ -105,6 +66,7 @@ async fn files_round_trip_in_started_and_stopped_machines() {
     assert_eq!(
         sh(
             &client,
+            APP,
             &id,
             "stat -c '%a %u %g' /srv/a/blob.bin; ls -a /srv/a | wc -l"
         )
@@ -120,7 +82,7 @@ async fn files_round_trip_in_started_and_stopped_machines() {
         .make_dir(APP, &id, "/srv/a/d/e", None, false)
         .await
         .unwrap();
-    sh(&client, &id, "ln -s blob.bin /srv/a/link").await;
+    sh(&client, APP, &id, "ln -s blob.bin /srv/a/link").await;
     let entries = client.list_files(APP, &id, "/srv/a").await.unwrap();
     let names: Vec<(&str, FileType)> = entries.iter().map(|e| (e.name.as_str(), e.kind)).collect();
     assert_eq!(
@@ -195,7 +157,7 @@ async fn files_round_trip_in_started_and_stopped_machines() {
         .remove_file(APP, &id, "/srv/a/d", true)
         .await
         .unwrap();
-    assert_eq!(sh(&client, &id, "ls /srv/a").await, "blob.bin\n");
+    assert_eq!(sh(&client, APP, &id, "ls /srv/a").await, "blob.bin\n");
 
     // A stopped machine's files are just as reachable, and really in its root.
     client
@@ -232,7 +194,7 @@ async fn files_round_trip_in_started_and_stopped_machines() {
     client.start_machine(APP, &id).await.unwrap();
     client.wait(APP, &id, "started", 30).await.unwrap();
     assert_eq!(
-        sh(&client, &id, "cat /root/notes/todo; stat -c %a /root/notes/todo; test -d /root/empty; test ! -e /srv/a/blob.bin && echo gone").await,
+        sh(&client, APP, &id, "cat /root/notes/todo; stat -c %a /root/notes/todo; test -d /root/empty; test ! -e /srv/a/blob.bin && echo gone").await,
         "written while stopped\n600\ngone\n"
     );
 
@@ -271,7 +233,7 @@ async fn files_round_trip_in_started_and_stopped_machines() {
     cli(&["mkdir", &id, "/opt/y/z", "-p"]);
     cli(&["rm", &id, "/opt", "--recursive"]);
     assert_eq!(
-        sh(&client, &id, "test ! -e /opt && echo gone").await,
+        sh(&client, APP, &id, "test ! -e /opt && echo gone").await,
         "gone\n"
     );
 }
@@ -322,10 +284,9 @@ async fn planted_symlinks_and_dot_dots_never_reach_the_host() {
         "while :; do rm -rf /tmp/swap; mkdir /tmp/swap; echo inside > /tmp/swap/secret; \
          rm -rf /tmp/swap; ln -s {s} /tmp/swap; done"
     );
-    let id = launch(&client, busybox(&["sh", "-c", &swapper])).await;
+    let id = launch(&client, APP, busybox(&["sh", "-c", &swapper])).await;
     let unique = format!("hangar-escape-{}", std::process::id());
-    sh(
-        &client,
+    sh(&client, APP,
         &id,
         &format!(
             "ln -s / /tmp/hostroot && ln -s ../../../../etc /tmp/up && ln -s /proc/self/root /tmp/self \
@@ -363,7 +324,7 @@ async fn planted_symlinks_and_dot_dots_never_reach_the_host() {
     match client.read_file(APP, &id, "/tmp/hostroot/etc/shadow").await {
         Ok(file) => assert_eq!(
             String::from_utf8_lossy(&file.contents),
-            sh(&client, &id, "cat /etc/shadow").await
+            sh(&client, APP, &id, "cat /etc/shadow").await
         ),
         Err(err) => assert_eq!(err.code(), Some("file_not_found"), "{err}"),
     }
@@ -457,6 +418,7 @@ async fn planted_symlinks_and_dot_dots_never_reach_the_host() {
     assert_eq!(
         sh(
             &client,
+            APP,
             &id,
             &format!("cat /{unique} {s}/{unique} /tmp/sentfile")
         )

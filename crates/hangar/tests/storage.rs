@@ -6,48 +6,11 @@ mod common;
 
 use std::time::Duration;
 
-use common::{busybox, setup};
+use common::{busybox, launch, setup, sh};
 use hangar_client::Client;
-use hangar_types::{
-    CreateMachineRequest, ForkMachineRequest, MachineConfig, MachineExecRequest, StopRequest,
-};
+use hangar_types::{CreateMachineRequest, ForkMachineRequest, MachineExecRequest, StopRequest};
 
 const APP: &str = "robots";
-
-async fn launch(client: &Client, config: MachineConfig) -> String {
-    client
-        .create_machine(
-            APP,
-            &CreateMachineRequest {
-                config,
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap()
-        .id
-}
-
-/// Runs a shell script in the machine; panics unless it exits 0. Returns stdout.
-async fn sh(client: &Client, id: &str, script: &str) -> String {
-    let out = client
-        .exec(
-            APP,
-            id,
-            &MachineExecRequest {
-                command: Some(vec!["sh".into(), "-c".into(), script.into()]),
-                ..Default::default()
-            },
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        out.exit_code, 0,
-        "{script}: stdout {:?} stderr {:?}",
-        out.stdout, out.stderr
-    );
-    out.stdout
-}
 
 async fn state(client: &Client, id: &str) -> String {
     client.get_machine(APP, id).await.unwrap().state
@@ -79,8 +42,8 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
     let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, busybox(&["sleep", "100000"])).await;
-    sh(&client, &id, BUILD).await;
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
+    sh(&client, APP, &id, BUILD).await;
     // Through the CLI, as a robot with a shell would.
     let out = daemon
         .cli()
@@ -108,7 +71,7 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
         ("base", "started")
     );
 
-    sh(&client, &id, BREAK).await;
+    sh(&client, APP, &id, BREAK).await;
     let diff = client
         .diff_checkpoint(APP, &id, "base", None)
         .await
@@ -132,7 +95,7 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
     let restored = client.restore_checkpoint(APP, &id, "base").await.unwrap();
     assert_eq!(restored.id, base.id);
     assert_eq!(state(&client, &id).await, "started");
-    assert_eq!(sh(&client, &id, CHECK).await, "ok\n");
+    assert_eq!(sh(&client, APP, &id, CHECK).await, "ok\n");
     let diff = client
         .diff_checkpoint(APP, &id, &base.id, None)
         .await
@@ -151,7 +114,7 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
         .unwrap();
     assert_eq!(stopped.machine_state, "stopped");
     client.start_machine(APP, &id).await.unwrap();
-    sh(&client, &id, BREAK).await;
+    sh(&client, APP, &id, BREAK).await;
     stop(&client, &id).await;
     client
         .restore_checkpoint(APP, &id, "stopped")
@@ -159,7 +122,7 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
         .unwrap();
     assert_eq!(state(&client, &id).await, "stopped");
     client.start_machine(APP, &id).await.unwrap();
-    assert_eq!(sh(&client, &id, CHECK).await, "ok\n");
+    assert_eq!(sh(&client, APP, &id, CHECK).await, "ok\n");
 
     // Two checkpoints compare with each other.
     let diff = client
@@ -177,7 +140,7 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
     assert_eq!(names, ["base", "stopped"]);
 
     // Another machine's checkpoint is not this machine's to restore.
-    let other = launch(&client, busybox(&["sleep", "100000"])).await;
+    let other = launch(&client, APP, busybox(&["sleep", "100000"])).await;
     let err = client
         .restore_checkpoint(APP, &other, &base.id)
         .await
@@ -203,13 +166,13 @@ async fn forks_diverge_independently() {
     let Some((daemon, client)) = setup(APP).await else {
         return;
     };
-    let source = launch(&client, busybox(&["sleep", "100000"])).await;
-    sh(&client, &source, "echo shared > /root/base").await;
+    let source = launch(&client, APP, busybox(&["sleep", "100000"])).await;
+    sh(&client, APP, &source, "echo shared > /root/base").await;
     let cp = client
         .create_checkpoint(APP, &source, Some("before-ideas"))
         .await
         .unwrap();
-    sh(&client, &source, "echo later > /root/source-only").await;
+    sh(&client, APP, &source, "echo later > /root/source-only").await;
 
     let forked = client
         .fork_machine(
@@ -229,14 +192,14 @@ async fn forks_diverge_independently() {
     for (i, m) in forked.machines.iter().enumerate() {
         assert_eq!(m.state, "started");
         assert_ne!(m.id, source);
-        sh(&client, &m.id, &format!("echo {i} > /root/mine")).await;
+        sh(&client, APP, &m.id, &format!("echo {i} > /root/mine")).await;
     }
     for (i, m) in forked.machines.iter().enumerate() {
-        let seen = sh(&client, &m.id, "cat /root/base /root/mine; ls /root").await;
+        let seen = sh(&client, APP, &m.id, "cat /root/base /root/mine; ls /root").await;
         assert_eq!(seen, format!("shared\n{i}\nbase\nmine\n"));
     }
     assert_eq!(
-        sh(&client, &source, "ls /root").await,
+        sh(&client, APP, &source, "ls /root").await,
         "base\nsource-only\n"
     );
 
@@ -248,7 +211,7 @@ async fn forks_diverge_independently() {
     let m = &forked.machines[0];
     stop(&client, &m.id).await;
     client.start_machine(APP, &m.id).await.unwrap();
-    assert_eq!(sh(&client, &m.id, "cat /root/base").await, "shared\n");
+    assert_eq!(sh(&client, APP, &m.id, "cat /root/base").await, "shared\n");
 
     // Without a checkpoint, the current state is checkpointed for the fork; a
     // stopped source gives forks that are created but not started.
@@ -274,7 +237,7 @@ async fn forks_diverge_independently() {
         .await
         .unwrap();
     assert_eq!(
-        sh(&client, &fork.machines[0].id, "ls /root").await,
+        sh(&client, APP, &fork.machines[0].id, "ls /root").await,
         "base\nsource-only\n"
     );
 
@@ -297,9 +260,10 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
     let Some((mut daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, busybox(&["sleep", "100000"])).await;
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
     sh(
         &client,
+        APP,
         &id,
         "echo precious > /root/notes && mkdir -p /opt/tool",
     )
@@ -343,6 +307,7 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
     assert_eq!(
         sh(
             &client,
+            APP,
             &id,
             "cat /root/notes; test -d /opt/tool && echo dir"
         )
@@ -353,18 +318,18 @@ async fn the_root_filesystem_survives_losing_init_and_the_daemon() {
     // An ephemeral root goes back to the image on every start.
     let mut eph = busybox(&["sleep", "100000"]);
     eph.extra.insert("rootfs".into(), "ephemeral".into());
-    let e = launch(&client, eph).await;
-    sh(&client, &e, "echo scratch > /root/tmp").await;
+    let e = launch(&client, APP, eph).await;
+    sh(&client, APP, &e, "echo scratch > /root/tmp").await;
     client
         .create_checkpoint(APP, &e, Some("scratch"))
         .await
         .unwrap();
     stop(&client, &e).await;
     client.start_machine(APP, &e).await.unwrap();
-    assert_eq!(sh(&client, &e, "ls /root").await, "");
+    assert_eq!(sh(&client, APP, &e, "ls /root").await, "");
     // A restore of a started ephemeral machine restarts it into the checkpoint.
     client.restore_checkpoint(APP, &e, "scratch").await.unwrap();
-    assert_eq!(sh(&client, &e, "ls /root").await, "tmp\n");
+    assert_eq!(sh(&client, APP, &e, "ls /root").await, "tmp\n");
 
     let mut bad = busybox(&["sleep", "100000"]);
     bad.extra.insert("rootfs".into(), "forever".into());
@@ -386,8 +351,8 @@ async fn suspend_freezes_and_start_resumes() {
     let Some((_daemon, client)) = setup(APP).await else {
         return;
     };
-    let id = launch(&client, busybox(&["sleep", "100000"])).await;
-    sh(&client, &id, "echo kept > /root/mem").await;
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
+    sh(&client, APP, &id, "echo kept > /root/mem").await;
     client.suspend_machine(APP, &id).await.unwrap();
     assert_eq!(state(&client, &id).await, "suspended");
     let err = client
@@ -410,5 +375,5 @@ async fn suspend_freezes_and_start_resumes() {
     let previous = client.start_machine(APP, &id).await.unwrap();
     assert_eq!(previous["previous_state"], "suspended");
     assert_eq!(state(&client, &id).await, "started");
-    assert_eq!(sh(&client, &id, "cat /root/mem").await, "kept\n");
+    assert_eq!(sh(&client, APP, &id, "cat /root/mem").await, "kept\n");
 }

@@ -13,7 +13,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use hangar_client::Client;
-use hangar_types::{MachineConfig, MachineInit};
+use hangar_types::{CreateMachineRequest, MachineConfig, MachineExecRequest, MachineInit};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_hangar");
 
@@ -275,4 +275,29 @@ pub async fn setup(app: &str) -> Option<(Daemon, Client)> {
     let client = daemon.client();
     client.create_app(app, None).await.unwrap();
     Some((daemon, client))
+}
+
+/// Creates (and so starts) a machine in `app`; returns its id.
+pub async fn launch(client: &Client, app: &str, config: MachineConfig) -> String {
+    let req = CreateMachineRequest {
+        config,
+        ..Default::default()
+    };
+    client.create_machine(app, &req).await.unwrap().id
+}
+
+/// Runs a shell script in the machine; panics unless it exits 0. Returns stdout.
+pub async fn sh(client: &Client, app: &str, id: &str, script: &str) -> String {
+    let argv = vec!["sh".to_string(), "-c".to_string(), script.to_string()];
+    let req = MachineExecRequest {
+        command: Some(argv),
+        ..Default::default()
+    };
+    let out = client.exec(app, id, &req).await.unwrap();
+    assert_eq!(
+        out.exit_code, 0,
+        "{script}: stdout {:?} stderr {:?}",
+        out.stdout, out.stderr
+    );
+    out.stdout
 }
