@@ -13,13 +13,14 @@ mod images;
 mod machines;
 pub mod openapi;
 mod ops;
+mod volumes;
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::middleware;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use hangar_core::Service;
 use metrics_exporter_prometheus::PrometheusHandle;
 
@@ -107,6 +108,21 @@ pub fn router(state: AppState) -> Router {
         .route(
             &format!("{machine}/metadata/{{key}}"),
             post(machines::set_metadata).delete(machines::delete_metadata),
+        )
+        .route(
+            "/v1/apps/{app}/volumes",
+            get(volumes::list).post(volumes::create),
+        )
+        .route(
+            "/v1/apps/{app}/volumes/{id}",
+            get(volumes::get)
+                .post(volumes::update)
+                .delete(volumes::delete),
+        )
+        .route("/v1/apps/{app}/volumes/{id}/extend", put(volumes::extend))
+        .route(
+            "/v1/apps/{app}/volumes/{id}/snapshots",
+            get(volumes::list_snapshots).post(volumes::create_snapshot),
         )
         .route("/v1/images", get(images::list))
         .route(

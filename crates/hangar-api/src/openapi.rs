@@ -1,13 +1,14 @@
 //! hangar's OpenAPI document, served at `GET /v1/openapi.json`.
 
 use axum::Json;
+use hangar_types::MachineMount;
 use utoipa::OpenApi;
 
-use crate::{checkpoints, files, images, machines};
+use crate::{checkpoints, files, images, machines, volumes};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend, checkpoints, fork, files)."),
+    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend, checkpoints, fork, files); volumes are Fly's."),
     paths(
         machines::list_apps, machines::create_app, machines::get_app, machines::delete_app,
         machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
@@ -21,7 +22,10 @@ use crate::{checkpoints, files, images, machines};
         checkpoints::restore, checkpoints::diff, checkpoints::fork,
         checkpoints::commit,
         files::read, files::write, files::post, files::mkdir, files::remove,
+        volumes::list, volumes::create, volumes::get, volumes::update, volumes::delete,
+        volumes::extend, volumes::list_snapshots, volumes::create_snapshot,
     ),
+    components(schemas(MachineMount)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use hangar_types::{MachineConfig, MachineGuest};
+use hangar_types::{MachineConfig, MachineGuest, MachineMount};
 
-use crate::driver::{GuestFile, ProcessSpec, Resources};
+use crate::driver::{GuestFile, ProcessSpec, Resources, VolumeMount};
 use crate::error::{Error, Result};
 use crate::image::ImageConfig;
 
@@ -62,7 +62,97 @@ pub fn validate(config: &MachineConfig) -> Result<()> {
     }
     guest_files(config)?;
     ephemeral_root_checked(config)?;
+    mounts(config)?;
     Ok(())
+}
+
+/// The most volumes one machine mounts.
+pub const MAX_MOUNTS: usize = 16;
+/// Where a volume may not go: the file systems hangar itself mounts there.
+const RESERVED_MOUNT_PATHS: [&str; 3] = ["/proc", "/sys", "/dev"];
+
+/// `config.mounts`, checked: each names a volume once, at a distinct absolute path
+/// that hangar does not mount itself.
+pub fn mounts(config: &MachineConfig) -> Result<Vec<MachineMount>> {
+    let mounts: Vec<MachineMount> = match config.extra.get("mounts") {
+        None | Some(serde_json::Value::Null) => return Ok(Vec::new()),
+        Some(value) => serde_json::from_value(value.clone()).map_err(|e| {
+            Error::invalid_config(format!(
+                "config.mounts is not a list of {{\"volume\": \"vol_...\", \"path\": \"/data\"}}: {e}"
+            ))
+        })?,
+    };
+    if mounts.len() > MAX_MOUNTS {
+        return Err(Error::invalid_config(format!(
+            "config.mounts has {} entries: a machine mounts at most {MAX_MOUNTS} volumes",
+            mounts.len()
+        )));
+    }
+    for (i, m) in mounts.iter().enumerate() {
+        if m.volume.trim().is_empty() {
+            return Err(Error::invalid_config(format!(
+                "config.mounts[{i}].volume is empty: name a volume id (POST /v1/apps/{{app}}/volumes makes one)"
+            )));
+        }
+        check_mount_path(i, &m.path)?;
+        if mounts[..i].iter().any(|o| o.volume == m.volume) {
+            return Err(Error::invalid_config(format!(
+                "config.mounts[{i}] mounts volume {:?} a second time: mount each volume once",
+                m.volume
+            )));
+        }
+        if mounts[..i].iter().any(|o| o.path.trim_end_matches('/') == m.path.trim_end_matches('/')) {
+            return Err(Error::invalid_config(format!(
+                "config.mounts[{i}].path {:?} is already used by another mount",
+                m.path
+            )));
+        }
+    }
+    Ok(mounts)
+}
+
+fn check_mount_path(i: usize, path: &str) -> Result<()> {
+    let bad = |why: &str| {
+        Err(Error::invalid_config(format!(
+            "config.mounts[{i}].path {path:?} {why}"
+        )))
+    };
+    if !path.starts_with('/') || path.contains('\0') {
+        return bad("must be an absolute path such as \"/data\"");
+    }
+    let trimmed = path.trim_end_matches('/');
+    if trimmed.is_empty() {
+        return bad("is the root: mount the volume in a directory such as \"/data\"");
+    }
+    if trimmed
+        .split('/')
+        .skip(1)
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
+        return bad("must be a plain path without empty, '.' or '..' components");
+    }
+    if trimmed.len() > 1024 {
+        return bad("is too long");
+    }
+    if RESERVED_MOUNT_PATHS
+        .iter()
+        .any(|r| trimmed == *r || trimmed.starts_with(&format!("{r}/")))
+    {
+        return bad("is under /proc, /sys or /dev, which hangar mounts itself");
+    }
+    Ok(())
+}
+
+/// The volumes the sandbox mounts, from an already validated config.
+pub fn volume_mounts(config: &MachineConfig) -> Vec<VolumeMount> {
+    mounts(config)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| VolumeMount {
+            volume: m.volume,
+            path: m.path.trim_end_matches('/').to_string(),
+        })
+        .collect()
 }
 
 /// `config.rootfs`: `persistent` (the default: the writable layer survives stop and

@@ -27,6 +27,44 @@ pub struct SandboxSpec {
     /// Read-only image layers, lowest first (the order OCI lists them).
     pub layers: Vec<PathBuf>,
     pub resources: Resources,
+    /// Volumes mounted into the machine, from `config.mounts`.
+    pub mounts: Vec<VolumeMount>,
+}
+
+/// A volume and where it appears inside the machine.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VolumeMount {
+    /// The volume's id.
+    pub volume: String,
+    /// An absolute path inside the machine, already validated.
+    pub path: String,
+}
+
+/// What a new volume starts as.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum VolumeOrigin {
+    /// An empty file system.
+    Empty,
+    /// A copy of this snapshot.
+    Snapshot(String),
+    /// A copy of this volume as it is now.
+    Volume(String),
+}
+
+/// Where a volume is mounted right now, so the driver can reach its file system.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Attachment {
+    pub machine_id: MachineId,
+    pub path: String,
+}
+
+/// A volume's file system usage, as `statfs` reports it.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct VolumeUsage {
+    pub block_size: u64,
+    pub blocks: u64,
+    pub blocks_free: u64,
+    pub blocks_avail: u64,
 }
 
 /// The machine's share of the host, from `config.guest`.
@@ -413,6 +451,75 @@ pub trait Driver: Send + Sync + 'static {
         self.destroy(&spec.machine_id).await?;
         self.create(spec).await
     }
+
+    /// Rebuilds the sandbox (no main process running) from a new spec (other image
+    /// layers, other volumes), keeping its writable layer.
+    async fn rebuild(&self, spec: &SandboxSpec) -> Result<(), DriverError> {
+        let _ = spec;
+        Err(DriverError::Unsupported(format!(
+            "the {} driver cannot rebuild a sandbox",
+            self.name()
+        )))
+    }
+
+    /// Creates a volume of `size` bytes. A volume forked from another that is mounted
+    /// (`source_attached`) is copied with its file system frozen for the instant. On
+    /// failure nothing of it is left.
+    async fn create_volume(
+        &self,
+        id: &str,
+        size: u64,
+        origin: &VolumeOrigin,
+        source_attached: Option<&Attachment>,
+    ) -> Result<(), DriverError> {
+        let _ = (id, size, origin, source_attached);
+        Err(no_volumes(self.name()))
+    }
+
+    /// Grows a volume and its file system to `size` bytes, while mounted if it is.
+    async fn extend_volume(
+        &self,
+        id: &str,
+        size: u64,
+        attached: Option<&Attachment>,
+    ) -> Result<(), DriverError> {
+        let _ = (id, size, attached);
+        Err(no_volumes(self.name()))
+    }
+
+    /// Takes a consistent copy of the volume, named `snapshot`; a mounted volume's
+    /// file system is frozen for the instant it takes. Returns its size in bytes.
+    async fn snapshot_volume(
+        &self,
+        id: &str,
+        snapshot: &str,
+        attached: Option<&Attachment>,
+    ) -> Result<u64, DriverError> {
+        let _ = (id, snapshot, attached);
+        Err(no_volumes(self.name()))
+    }
+
+    /// The volume's file system usage while it is mounted.
+    async fn volume_usage(&self, id: &str, attached: &Attachment) -> Option<VolumeUsage> {
+        let _ = (id, attached);
+        None
+    }
+
+    /// Deletes a volume; an absent one is fine.
+    async fn delete_volume(&self, id: &str) -> Result<(), DriverError> {
+        let _ = id;
+        Err(no_volumes(self.name()))
+    }
+
+    /// Deletes a volume snapshot; an absent one is fine.
+    async fn delete_volume_snapshot(&self, snapshot: &str) -> Result<(), DriverError> {
+        let _ = snapshot;
+        Err(no_volumes(self.name()))
+    }
+}
+
+fn no_volumes(driver: &str) -> DriverError {
+    DriverError::Unsupported(format!("the {driver} driver has no volumes"))
 }
 
 fn no_files(driver: &str) -> DriverError {

@@ -1,7 +1,9 @@
 //! Records the service layer keeps in its store, and their API views.
 
 use chrono::{DateTime, SecondsFormat, Utc};
-use hangar_types::{Checkpoint, ImageRef, Lease, Machine, MachineConfig, MachineEvent};
+use hangar_types::{
+    Checkpoint, ImageRef, Lease, Machine, MachineConfig, MachineEvent, VolumeSnapshot,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::MachineId;
@@ -139,6 +141,40 @@ impl CheckpointRecord {
             machine_id: self.machine_id.to_string(),
             created_at: rfc3339(self.created_at),
             machine_state: self.machine_state.to_string(),
+        }
+    }
+}
+
+/// A volume; its data is kept by the driver under `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeRecord {
+    pub id: String,
+    pub app: String,
+    pub name: String,
+    pub size_gb: u64,
+    /// Recorded for Fly clients; hangar takes snapshots only when asked.
+    pub snapshot_retention: i64,
+    pub created_at: DateTime<Utc>,
+}
+
+/// A point-in-time copy of a volume, kept by the driver under `id`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VolumeSnapshotRecord {
+    pub id: String,
+    pub volume_id: String,
+    /// Bytes.
+    pub size: u64,
+    pub created_at: DateTime<Utc>,
+}
+
+impl VolumeSnapshotRecord {
+    pub fn to_api(&self) -> VolumeSnapshot {
+        VolumeSnapshot {
+            id: self.id.clone(),
+            size: self.size,
+            status: "created".into(),
+            digest: String::new(),
+            created_at: rfc3339(self.created_at),
         }
     }
 }

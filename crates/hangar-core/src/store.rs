@@ -6,7 +6,9 @@
 use async_trait::async_trait;
 
 use crate::ids::MachineId;
-use crate::model::{AppRecord, CheckpointRecord, EventRecord, MachineRecord};
+use crate::model::{
+    AppRecord, CheckpointRecord, EventRecord, MachineRecord, VolumeRecord, VolumeSnapshotRecord,
+};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -51,4 +53,18 @@ pub trait Store: Send + Sync + 'static {
     /// A machine's checkpoints, oldest first.
     async fn list_checkpoints(&self, machine: &MachineId) -> StoreResult<Vec<CheckpointRecord>>;
     async fn delete_checkpoint(&self, id: &str) -> StoreResult<()>;
+
+    async fn insert_volume(&self, volume: &VolumeRecord) -> StoreResult<()>;
+    /// Replaces the whole record.
+    async fn update_volume(&self, volume: &VolumeRecord) -> StoreResult<()>;
+    async fn get_volume(&self, id: &str) -> StoreResult<Option<VolumeRecord>>;
+    /// An app's volumes, oldest first.
+    async fn list_volumes(&self, app: &str) -> StoreResult<Vec<VolumeRecord>>;
+    /// Forgets a volume and the records of its snapshots.
+    async fn delete_volume(&self, id: &str) -> StoreResult<()>;
+
+    async fn insert_volume_snapshot(&self, snapshot: &VolumeSnapshotRecord) -> StoreResult<()>;
+    async fn get_volume_snapshot(&self, id: &str) -> StoreResult<Option<VolumeSnapshotRecord>>;
+    /// A volume's snapshots, oldest first.
+    async fn list_volume_snapshots(&self, volume: &str) -> StoreResult<Vec<VolumeSnapshotRecord>>;
 }

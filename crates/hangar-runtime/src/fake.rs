@@ -24,8 +24,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hangar_core::MachineId;
 use hangar_core::driver::{
-    Driver, DriverError, DriverEvent, ExecOutput, ExecSpec, ExitStatus, Observed, ProcessInfo,
-    ProcessSpec, Resources, SandboxSpec,
+    Attachment, Driver, DriverError, DriverEvent, ExecOutput, ExecSpec, ExitStatus, Observed,
+    ProcessInfo, ProcessSpec, Resources, SandboxSpec, VolumeOrigin,
 };
 use tokio::sync::broadcast;
 
@@ -44,6 +44,7 @@ pub enum Verb {
     Destroy,
     Observe,
     List,
+    Volume,
 }
 
 #[derive(Debug, Clone)]
@@ -65,6 +66,10 @@ struct State {
     sandboxes: HashMap<MachineId, FakeSandbox>,
     failures: HashMap<Verb, String>,
     next_pid: u32,
+    /// Volume id to size in bytes.
+    volumes: HashMap<String, u64>,
+    /// Snapshot id to size in bytes.
+    volume_snapshots: HashMap<String, u64>,
 }
 
 /// See the module documentation.
@@ -129,6 +134,11 @@ impl FakeDriver {
     }
 
     /// The spec a sandbox was created with, if it exists.
+    /// The size of a volume, if it exists.
+    pub fn volume_size(&self, id: &str) -> Option<u64> {
+        self.lock().volumes.get(id).copied()
+    }
+
     pub fn sandbox_spec(&self, id: &MachineId) -> Option<SandboxSpec> {
         self.lock().sandboxes.get(id).map(|s| s.spec.clone())
     }
@@ -463,6 +473,85 @@ impl Driver for FakeDriver {
     fn log_path(&self, id: &MachineId) -> PathBuf {
         self.log_dir.join(format!("{id}.log"))
     }
+
+    async fn rebuild(&self, spec: &SandboxSpec) -> Result<(), DriverError> {
+        self.check(Verb::Create)?;
+        let mut state = self.lock();
+        let sandbox = state
+            .sandboxes
+            .get_mut(&spec.machine_id)
+            .ok_or_else(|| DriverError::NotFound(spec.machine_id.clone()))?;
+        sandbox.spec = spec.clone();
+        sandbox.main = None;
+        sandbox.frozen = false;
+        Ok(())
+    }
+
+    async fn create_volume(
+        &self,
+        id: &str,
+        size: u64,
+        origin: &VolumeOrigin,
+        source_attached: Option<&Attachment>,
+    ) -> Result<(), DriverError> {
+        let _ = source_attached;
+        self.check(Verb::Volume)?;
+        let mut state = self.lock();
+        let known = match origin {
+            VolumeOrigin::Empty => true,
+            VolumeOrigin::Snapshot(s) => state.volume_snapshots.contains_key(s),
+            VolumeOrigin::Volume(v) => state.volumes.contains_key(v),
+        };
+        if !known {
+            return Err(DriverError::Other(format!("no source for volume {id}")));
+        }
+        state.volumes.insert(id.to_string(), size);
+        Ok(())
+    }
+
+    async fn extend_volume(
+        &self,
+        id: &str,
+        size: u64,
+        _attached: Option<&Attachment>,
+    ) -> Result<(), DriverError> {
+        self.check(Verb::Volume)?;
+        match self.lock().volumes.get_mut(id) {
+            Some(old) => {
+                *old = size;
+                Ok(())
+            }
+            None => Err(DriverError::Other(format!("no volume {id}"))),
+        }
+    }
+
+    async fn snapshot_volume(
+        &self,
+        id: &str,
+        snapshot: &str,
+        _attached: Option<&Attachment>,
+    ) -> Result<u64, DriverError> {
+        self.check(Verb::Volume)?;
+        let mut state = self.lock();
+        let size = *state
+            .volumes
+            .get(id)
+            .ok_or_else(|| DriverError::Other(format!("no volume {id}")))?;
+        state.volume_snapshots.insert(snapshot.to_string(), size);
+        Ok(size)
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), DriverError> {
+        self.check(Verb::Volume)?;
+        self.lock().volumes.remove(id);
+        Ok(())
+    }
+
+    async fn delete_volume_snapshot(&self, snapshot: &str) -> Result<(), DriverError> {
+        self.check(Verb::Volume)?;
+        self.lock().volume_snapshots.remove(snapshot);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -474,6 +563,7 @@ mod tests {
             machine_id: id.clone(),
             layers: vec![],
             resources: Resources::default(),
+            mounts: vec![],
         }
     }
 

@@ -1,4 +1,4 @@
-//! hangar's persistent state in SQLite: apps, machines, events, checkpoints.
+//! hangar's persistent state in SQLite: apps, machines, events, checkpoints, volumes.
 //!
 //! Implements [`hangar_core::store::Store`] and nothing else: no lifecycle rules live
 //! here. The database runs in WAL mode, so a daemon killed at any instant finds every
@@ -10,7 +10,9 @@ use std::str::FromStr;
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use hangar_core::MachineId;
-use hangar_core::model::{AppRecord, CheckpointRecord, EventRecord, MachineRecord};
+use hangar_core::model::{
+    AppRecord, CheckpointRecord, EventRecord, MachineRecord, VolumeRecord, VolumeSnapshotRecord,
+};
 use hangar_core::state::MachineState;
 use hangar_core::store::{Store, StoreError, StoreResult};
 use sqlx::sqlite::{
@@ -329,6 +331,121 @@ impl Store for SqliteStore {
             .map_err(backend)?;
         Ok(())
     }
+
+    async fn insert_volume(&self, v: &VolumeRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO volumes (id, app, name, size_gb, snapshot_retention, created_at) VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&v.id)
+        .bind(&v.app)
+        .bind(&v.name)
+        .bind(v.size_gb as i64)
+        .bind(v.snapshot_retention)
+        .bind(nanos(v.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn update_volume(&self, v: &VolumeRecord) -> StoreResult<()> {
+        sqlx::query("UPDATE volumes SET name = ?, size_gb = ?, snapshot_retention = ? WHERE id = ?")
+            .bind(&v.name)
+            .bind(v.size_gb as i64)
+            .bind(v.snapshot_retention)
+            .bind(&v.id)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_volume(&self, id: &str) -> StoreResult<Option<VolumeRecord>> {
+        let row = sqlx::query("SELECT * FROM volumes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(volume_from_row).transpose()
+    }
+
+    async fn list_volumes(&self, app: &str) -> StoreResult<Vec<VolumeRecord>> {
+        let rows = sqlx::query("SELECT * FROM volumes WHERE app = ? ORDER BY created_at, id")
+            .bind(app)
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter().map(volume_from_row).collect()
+    }
+
+    async fn delete_volume(&self, id: &str) -> StoreResult<()> {
+        let mut tx = self.pool.begin().await.map_err(backend)?;
+        sqlx::query("DELETE FROM volume_snapshots WHERE volume_id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        sqlx::query("DELETE FROM volumes WHERE id = ?")
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
+        tx.commit().await.map_err(backend)
+    }
+
+    async fn insert_volume_snapshot(&self, s: &VolumeSnapshotRecord) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO volume_snapshots (id, volume_id, size, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.volume_id)
+        .bind(s.size as i64)
+        .bind(nanos(s.created_at))
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_volume_snapshot(&self, id: &str) -> StoreResult<Option<VolumeSnapshotRecord>> {
+        let row = sqlx::query("SELECT * FROM volume_snapshots WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.as_ref().map(volume_snapshot_from_row).transpose()
+    }
+
+    async fn list_volume_snapshots(&self, volume: &str) -> StoreResult<Vec<VolumeSnapshotRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM volume_snapshots WHERE volume_id = ? ORDER BY created_at, id",
+        )
+        .bind(volume)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(volume_snapshot_from_row).collect()
+    }
+}
+
+fn volume_from_row(row: &SqliteRow) -> StoreResult<VolumeRecord> {
+    Ok(VolumeRecord {
+        id: row.try_get("id").map_err(backend)?,
+        app: row.try_get("app").map_err(backend)?,
+        name: row.try_get("name").map_err(backend)?,
+        size_gb: row.try_get::<i64, _>("size_gb").map_err(backend)? as u64,
+        snapshot_retention: row.try_get("snapshot_retention").map_err(backend)?,
+        created_at: time(row.try_get("created_at").map_err(backend)?),
+    })
+}
+
+fn volume_snapshot_from_row(row: &SqliteRow) -> StoreResult<VolumeSnapshotRecord> {
+    Ok(VolumeSnapshotRecord {
+        id: row.try_get("id").map_err(backend)?,
+        volume_id: row.try_get("volume_id").map_err(backend)?,
+        size: row.try_get::<i64, _>("size").map_err(backend)? as u64,
+        created_at: time(row.try_get("created_at").map_err(backend)?),
+    })
 }
 
 fn checkpoint_from_row(row: &SqliteRow) -> StoreResult<CheckpointRecord> {
@@ -440,6 +557,38 @@ mod tests {
             store.list_machines(Some("app"), true).await.unwrap().len(),
             2
         );
+    }
+
+    #[tokio::test]
+    async fn volumes_and_snapshots_round_trip_and_go_together() {
+        let (_dir, store) = store().await;
+        let mut v = VolumeRecord {
+            id: "vol_1".into(),
+            app: "app".into(),
+            name: "data".into(),
+            size_gb: 1,
+            snapshot_retention: 5,
+            created_at: DateTime::from_timestamp_nanos(nanos(Utc::now())),
+        };
+        store.insert_volume(&v).await.unwrap();
+        v.size_gb = 3;
+        store.update_volume(&v).await.unwrap();
+        assert_eq!(store.get_volume("vol_1").await.unwrap(), Some(v.clone()));
+        assert_eq!(store.list_volumes("app").await.unwrap(), vec![v.clone()]);
+        let snap = VolumeSnapshotRecord {
+            id: "vs_1".into(),
+            volume_id: "vol_1".into(),
+            size: 1 << 30,
+            created_at: v.created_at,
+        };
+        store.insert_volume_snapshot(&snap).await.unwrap();
+        assert_eq!(
+            store.list_volume_snapshots("vol_1").await.unwrap(),
+            vec![snap.clone()]
+        );
+        store.delete_volume("vol_1").await.unwrap();
+        assert_eq!(store.get_volume("vol_1").await.unwrap(), None);
+        assert_eq!(store.get_volume_snapshot("vs_1").await.unwrap(), None);
     }
 
     #[tokio::test]

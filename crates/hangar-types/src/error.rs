@@ -31,6 +31,12 @@ pub enum ErrorCode {
     MachineExists,
     /// No such checkpoint of this machine (404).
     CheckpointNotFound,
+    /// No such volume in this app (404).
+    VolumeNotFound,
+    /// No such snapshot of the app's volumes (404).
+    VolumeSnapshotNotFound,
+    /// The volume is mounted by another machine (409).
+    VolumeAttached,
     /// No such file or directory inside the machine (404).
     FileNotFound,
     /// A path component, or the path itself, is not a directory (400).
@@ -87,6 +93,9 @@ impl ErrorCode {
             ErrorCode::MachineNotFound => "machine_not_found",
             ErrorCode::MachineExists => "machine_exists",
             ErrorCode::CheckpointNotFound => "checkpoint_not_found",
+            ErrorCode::VolumeNotFound => "volume_not_found",
+            ErrorCode::VolumeSnapshotNotFound => "volume_snapshot_not_found",
+            ErrorCode::VolumeAttached => "volume_attached",
             ErrorCode::FileNotFound => "file_not_found",
             ErrorCode::NotADirectory => "not_a_directory",
             ErrorCode::IsADirectory => "is_a_directory",
@@ -123,6 +132,8 @@ impl ErrorCode {
             | ErrorCode::ImageNotFound
             | ErrorCode::LeaseNotFound
             | ErrorCode::CheckpointNotFound
+            | ErrorCode::VolumeNotFound
+            | ErrorCode::VolumeSnapshotNotFound
             | ErrorCode::FileNotFound => 404,
             ErrorCode::Timeout => 408,
             ErrorCode::AppExists
@@ -131,6 +142,7 @@ impl ErrorCode {
             | ErrorCode::InvalidState
             | ErrorCode::ImageInUse
             | ErrorCode::LeaseHeld
+            | ErrorCode::VolumeAttached
             | ErrorCode::IsADirectory => 409,
             ErrorCode::LeaseMismatch | ErrorCode::VersionMismatch => 412,
             ErrorCode::PayloadTooLarge => 413,
@@ -171,6 +183,9 @@ mod tests {
             ErrorCode::NotADirectory,
             ErrorCode::IsADirectory,
             ErrorCode::InvalidPath,
+            ErrorCode::VolumeNotFound,
+            ErrorCode::VolumeSnapshotNotFound,
+            ErrorCode::VolumeAttached,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

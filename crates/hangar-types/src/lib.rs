@@ -10,9 +10,11 @@ pub mod files;
 pub mod image;
 pub mod machine;
 pub mod storage;
+pub mod volume;
 
 pub use error::{ErrorCode, ErrorResponse};
 pub use files::*;
 pub use image::*;
 pub use machine::*;
 pub use storage::*;
+pub use volume::*;

@@ -231,6 +231,12 @@ pub struct UpdateMachineRequest {
     /// Fail with 412 unless the machine's `instance_id` is still this.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub current_version: Option<String>,
+    /// Whether the writable layer (the files the machine wrote over its image) starts
+    /// empty. Default: reset when the image changes, kept otherwise. `false` keeps
+    /// the machine's files on top of a new image; `true` resets them even when the
+    /// image stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rootfs_reset: Option<bool>,
     #[serde(flatten)]
     #[schema(value_type = Object)]
     pub extra: BTreeMap<String, Value>,

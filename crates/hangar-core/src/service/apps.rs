@@ -85,13 +85,14 @@ impl Service {
         })
     }
 
-    /// Deletes an app, destroying its machines first.
+    /// Deletes an app, destroying its machines and then its volumes first.
     pub async fn delete_app(&self, name: &str) -> Result<()> {
         self.app_record(name).await?;
         for machine in self.store.list_machines(Some(name), false).await? {
             self.destroy_machine(name, machine.id.as_str(), true, &Caller::default())
                 .await?;
         }
+        self.remove_app_volumes(name).await?;
         for machine in self.store.list_machines(Some(name), true).await? {
             self.store.delete_machine(&machine.id).await?;
         }

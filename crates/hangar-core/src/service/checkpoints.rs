@@ -297,7 +297,7 @@ impl Service {
             state: MachineState::Created,
             instance_id: instance_id(),
             private_ip: String::new(),
-            config: source.config.clone(),
+            config: super::volumes::without_mounts(source.config.clone()),
             image_ref: source.image_ref.clone(),
             created_at: now,
             updated_at: now,

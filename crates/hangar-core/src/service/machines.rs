@@ -27,7 +27,7 @@ const INLINE_EVENTS: u32 = 10;
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
 impl Service {
-    pub async fn create_machine(&self, app: &str, req: CreateMachineRequest) -> Result<Machine> {
+    pub async fn create_machine(&self, app: &str, mut req: CreateMachineRequest) -> Result<Machine> {
         self.app_record(app).await?;
         config::validate(&req.config)?;
         let name = match req.name.filter(|n| !n.is_empty()) {
@@ -41,6 +41,10 @@ impl Service {
         let id = MachineId::generate();
         // Refuse a config whose command cannot be worked out before creating anything.
         config::process(id.as_str(), app, &req.config, &image.config)?;
+        // Held until the record naming the volumes is stored: no other machine can
+        // take them in between.
+        let attach_guard = self.volume_lock.lock().await;
+        self.resolve_mounts(app, &mut req.config, None).await?;
 
         let now = Utc::now();
         let mut machine = MachineRecord {
@@ -62,6 +66,7 @@ impl Service {
             },
         };
         self.insert_new_machine(&machine).await?;
+        drop(attach_guard);
         let _guard = self.lock(&id).await;
         self.record_pull(&machine, pull).await;
         self.event(
@@ -111,8 +116,11 @@ impl Service {
         Ok(out)
     }
 
-    /// Replaces the machine's config. A new image means a new root filesystem; the
-    /// machine is started afterwards unless `skip_launch`.
+    /// Replaces the machine's config. A new image means a new root filesystem unless
+    /// `rootfs_reset` is false (the machine's files stay on top of the new image);
+    /// `rootfs_reset: true` empties the writable layer even for the same image. New
+    /// `config.mounts` rebuild the sandbox around the same layer. The machine is
+    /// started afterwards unless `skip_launch`.
     pub async fn update_machine(
         &self,
         app: &str,
@@ -143,27 +151,47 @@ impl Service {
             machine.name = name;
         }
 
+        let mut new_config = req.config;
+        {
+            // Checked now so a taken volume refuses the update before the machine stops.
+            let _attach = self.volume_lock.lock().await;
+            self.resolve_mounts(app, &mut new_config, Some(&machine.id))
+                .await?;
+        }
+
         if matches!(
             machine.state,
             MachineState::Started | MachineState::Starting | MachineState::Suspended
         ) {
             self.stop_locked(&mut machine, None, None).await?;
         }
-        self.set_state(&mut machine, MachineState::Replacing)
-            .await?;
         let image_changed = machine.image.layers != image.layers;
-        machine.config = req.config;
+        let mounts_changed =
+            config::volume_mounts(&machine.config) != config::volume_mounts(&new_config);
+        // A new image means a new root unless the caller keeps the machine's files; the
+        // writable layer's checkpoints stay either way, they are the machine's history.
+        let reset = req.rootfs_reset.unwrap_or(image_changed);
+        machine.config = new_config;
         machine.image_ref = image_ref(&image);
         machine.image = MachineImage {
             layers: image.layers.clone(),
             config: image.config.clone(),
         };
         machine.instance_id = instance_id();
+        {
+            // Checked again and recorded in one step: the new mounts are the
+            // machine's from the moment this state is persisted.
+            let _attach = self.volume_lock.lock().await;
+            self.resolve_mounts(app, &mut machine.config, Some(&machine.id))
+                .await?;
+            self.set_state(&mut machine, MachineState::Replacing)
+                .await?;
+        }
         let rebuilt = async {
-            if image_changed {
-                // A new image means a new root: the writable layer starts empty (its
-                // checkpoints stay, they are the machine's history).
+            if reset {
                 self.driver.reset(&sandbox_spec(&machine)).await?;
+            } else if image_changed || mounts_changed {
+                self.driver.rebuild(&sandbox_spec(&machine)).await?;
             } else {
                 self.driver
                     .update_resources(&machine.id, config::resources(&machine.config))
@@ -415,6 +443,7 @@ pub(super) fn sandbox_spec(machine: &MachineRecord) -> SandboxSpec {
         machine_id: machine.id.clone(),
         layers: machine.image.layers.clone(),
         resources: config::resources(&machine.config),
+        mounts: config::volume_mounts(&machine.config),
     }
 }
 

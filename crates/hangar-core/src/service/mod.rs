@@ -16,6 +16,7 @@ mod lifecycle;
 mod logs;
 mod machines;
 pub mod reconcile;
+mod volumes;
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -37,6 +38,7 @@ pub use checkpoints::MAX_FORKS;
 pub use exec::ExecRequest;
 pub use files::{FileRead, MAX_FILE_SIZE, WriteFileRequest, parse_mode};
 pub use logs::LogFollow;
+pub use volumes::MAX_VOLUME_GB;
 
 /// Who is asking, as far as leases go.
 #[derive(Clone, Default)]
@@ -74,6 +76,9 @@ pub struct Service {
     images: Arc<dyn ImageStore>,
     options: ServiceOptions,
     locks: Mutex<HashMap<MachineId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Held while deciding which machine a volume goes to and recording it, and
+    /// while a volume is deleted, extended or copied.
+    volume_lock: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<StateChange>,
 }
 
@@ -91,6 +96,7 @@ impl Service {
             images,
             options,
             locks: Mutex::new(HashMap::new()),
+            volume_lock: tokio::sync::Mutex::new(()),
             changes,
         })
     }

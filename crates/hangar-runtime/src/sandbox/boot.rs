@@ -49,6 +49,15 @@ pub(crate) struct BootConfig {
     pub log: PathBuf,
     pub pidfile: PathBuf,
     pub cgroup_procs: Vec<PathBuf>,
+    /// Volumes: a loop device each, mounted at a path inside the machine.
+    #[serde(default)]
+    pub mounts: Vec<BootMount>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(crate) struct BootMount {
+    pub device: PathBuf,
+    pub path: String,
 }
 
 /// Runs the boot helper and exits if this process was started as one; returns at
@@ -175,6 +184,9 @@ fn become_init(
     )
     .map_err(ctx("making the mount namespace private"))?;
     rootfs::mount_overlay(&config.lower, &config.upper, &config.work, &config.rootfs)?;
+    for m in &config.mounts {
+        rootfs::mount_volume(&config.rootfs, &m.device, &m.path)?;
+    }
     rootfs::populate(&config.rootfs)?;
     rootfs::enter(&config.rootfs)?;
     sethostname(&config.machine_id).map_err(ctx("setting the hostname"))?;

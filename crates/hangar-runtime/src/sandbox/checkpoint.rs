@@ -1,4 +1,5 @@
-//! `checkpoint`, `restore`, `fork`, `diff` and `reset`: the writable layer's verbs.
+//! `checkpoint`, `restore`, `fork`, `diff`, `reset` and `rebuild`: the writable
+//! layer's verbs.
 //!
 //! A checkpoint of a running machine is taken with its cgroup frozen, so no process
 //! writes half a file into it. An overlay's upper directory cannot be swapped under
@@ -97,6 +98,16 @@ impl SandboxDriver {
         tokio::task::spawn_blocking(move || storage.diff(&id, &from, to.as_deref()))
             .await
             .map_err(|e| SandboxError::Protocol(format!("diff task: {e}")))?
+    }
+
+    /// Rebuilds the sandbox from a new spec around its current writable layer.
+    pub async fn rebuild_sandbox(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        let id = &spec.machine_id;
+        let guard = self.machine_lock(id);
+        let _held = guard.lock().await;
+        self.stop_watch(id);
+        self.teardown(id).await?;
+        self.create_locked(spec).await
     }
 
     /// Rebuilds the sandbox with an empty writable layer.

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use hangar_core::driver::SandboxSpec;
 
-use super::boot::{BOOT_SUBCOMMAND, BootConfig};
+use super::boot::{BOOT_SUBCOMMAND, BootConfig, BootMount};
 use super::{SandboxDriver, SandboxError};
 
 /// How long building a sandbox may take before it is abandoned.
@@ -98,6 +98,7 @@ impl SandboxDriver {
                 "memory_mb": spec.resources.memory_mb,
                 "pids_max": spec.resources.pids_max,
             },
+            "mounts": spec.mounts.iter().map(|m| serde_json::json!({"volume": m.volume, "path": m.path})).collect::<Vec<_>>(),
         });
         std::fs::write(dir.join("spec.json"), record.to_string())
             .map_err(SandboxError::io("writing spec.json"))?;
@@ -107,6 +108,9 @@ impl SandboxDriver {
             self.shared.cgroups.create(id, &spec.resources)?;
         }
 
+        // Held until the helper has mounted them; dropped after, they detach with the
+        // machine's mount namespace.
+        let devices = self.attach_volumes(id, &spec.mounts).await?;
         let boot = BootConfig {
             machine_id: id.to_string(),
             lower,
@@ -118,6 +122,15 @@ impl SandboxDriver {
             log: dir.join("log"),
             pidfile: self.pidfile(id),
             cgroup_procs: self.shared.cgroups.procs_files(id),
+            mounts: spec
+                .mounts
+                .iter()
+                .zip(&devices)
+                .map(|(m, d)| BootMount {
+                    device: d.path.clone(),
+                    path: m.path.clone(),
+                })
+                .collect(),
         };
         let boot_path = dir.join("boot.json");
         std::fs::write(
@@ -135,8 +148,9 @@ impl SandboxDriver {
             .stderr(Stdio::piped())
             .kill_on_drop(true)
             .output();
-        let out = tokio::time::timeout(BOOT_TIMEOUT, helper)
-            .await
+        let out = tokio::time::timeout(BOOT_TIMEOUT, helper).await;
+        drop(devices);
+        let out = out
             .map_err(|_| SandboxError::Timeout("building the sandbox".into()))?
             .map_err(SandboxError::io(format!(
                 "running the boot helper {}",

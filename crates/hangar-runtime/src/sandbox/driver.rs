@@ -6,8 +6,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use hangar_core::MachineId;
 use hangar_core::driver::{
-    CheckpointDiff, Driver, DriverError, DriverEvent, ExecOutput, ExecSpec, ExitStatus, FileData,
-    FileEntry, Observed, ProcessInfo, ProcessSpec, Resources, SandboxSpec, WriteOptions,
+    Attachment, CheckpointDiff, Driver, DriverError, DriverEvent, ExecOutput, ExecSpec, ExitStatus,
+    FileData, FileEntry, Observed, ProcessInfo, ProcessSpec, Resources, SandboxSpec, VolumeOrigin,
+    VolumeUsage, WriteOptions,
 };
 use tokio::sync::broadcast;
 
@@ -172,5 +173,49 @@ impl Driver for SandboxDriver {
 
     async fn reset(&self, spec: &SandboxSpec) -> Result<(), DriverError> {
         Ok(self.reset_layer(spec).await?)
+    }
+
+    async fn rebuild(&self, spec: &SandboxSpec) -> Result<(), DriverError> {
+        Ok(self.rebuild_sandbox(spec).await?)
+    }
+
+    async fn create_volume(
+        &self,
+        id: &str,
+        size: u64,
+        origin: &VolumeOrigin,
+        source_attached: Option<&Attachment>,
+    ) -> Result<(), DriverError> {
+        Ok(self.create_volume_image(id, size, origin, source_attached).await?)
+    }
+
+    async fn extend_volume(
+        &self,
+        id: &str,
+        size: u64,
+        attached: Option<&Attachment>,
+    ) -> Result<(), DriverError> {
+        Ok(self.extend_volume_image(id, size, attached).await?)
+    }
+
+    async fn snapshot_volume(
+        &self,
+        id: &str,
+        snapshot: &str,
+        attached: Option<&Attachment>,
+    ) -> Result<u64, DriverError> {
+        Ok(self.snapshot_volume_image(id, snapshot, attached).await?)
+    }
+
+    async fn volume_usage(&self, id: &str, attached: &Attachment) -> Option<VolumeUsage> {
+        self.volume_usage_of(id, attached).await
+    }
+
+    async fn delete_volume(&self, id: &str) -> Result<(), DriverError> {
+        Ok(self.delete_volume_image(id).await?)
+    }
+
+    async fn delete_volume_snapshot(&self, snapshot: &str) -> Result<(), DriverError> {
+        Ok(self.delete_volume_snapshot_image(snapshot).await?)
     }
 }

@@ -6,8 +6,9 @@
 //!
 //! ```text
 //! state_dir/init-<hash>          the static init executable, written once
-//! state_dir/layers/              writable layers and checkpoints (see [`storage`]):
-//!                                they outlive sandboxes, which are runtime only
+//! state_dir/layers/              writable layers and checkpoints (see [`storage`]),
+//!                                volumes (see [`volume`]): they outlive sandboxes,
+//!                                which are runtime only
 //! state_dir/<machine-id>/
 //!     rootfs/                    overlay mount point, mounted only in the machine's
 //!                                own mount namespace (empty on the host)
@@ -44,6 +45,7 @@ mod start;
 mod stop;
 mod storage;
 mod suspend;
+mod volume;
 
 use std::collections::HashMap;
 use std::io;
@@ -178,6 +180,7 @@ pub struct SandboxDriver {
     config: SandboxConfig,
     init_path: PathBuf,
     storage: storage::Storage,
+    volumes: volume::Volumes,
     shared: Arc<Shared>,
     watches: Mutex<HashMap<MachineId, JoinHandle<()>>>,
     /// Serialises create, destroy and observe of one machine.
@@ -211,6 +214,7 @@ impl SandboxDriver {
         let cgroups = cgroup::Cgroups::detect(format!("hangar-{}", &hash[..8]))?;
         let init_path = install_init(&state_dir)?;
         let storage = storage::Storage::open(&state_dir, &config.storage)?;
+        let volumes = volume::Volumes::open(&state_dir.join("layers"))?;
         let (events, _) = broadcast::channel(1024);
         Ok(SandboxDriver {
             config: SandboxConfig {
@@ -219,6 +223,7 @@ impl SandboxDriver {
             },
             init_path,
             storage,
+            volumes,
             shared: Arc::new(Shared {
                 cgroups,
                 events,

@@ -63,6 +63,69 @@ pub fn mount_overlay(
     .map_err(ctx("mounting the overlay root"))
 }
 
+/// Mounts a volume's ext4 file system (on `device`) at `path` inside the machine's
+/// root. The mount point is made component by component without following
+/// symlinks, so the machine's own files cannot send the mount elsewhere.
+pub fn mount_volume(root: &Path, device: &Path, path: &str) -> Result<(), StepError> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let open_dir = |parent: &OwnedFd, name: &std::ffi::CStr| -> Result<OwnedFd, StepError> {
+        // SAFETY: openat on a directory descriptor we own and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                parent.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(format!(
+                "volume mount point {path}: {:?} is not a directory: {}",
+                name,
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    let root_c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
+        .map_err(ctx("the root path"))?;
+    // SAFETY: open of a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            root_c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(format!("opening the root: {}", std::io::Error::last_os_error()));
+    }
+    // SAFETY: a fresh descriptor.
+    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        if part == "." || part == ".." {
+            return Err(format!("volume mount point {path} must not contain . or .."));
+        }
+        let name = std::ffi::CString::new(part).map_err(ctx("the mount path"))?;
+        // SAFETY: mkdirat on a descriptor we own; EEXIST is fine.
+        if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) } < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EEXIST) {
+                return Err(format!("creating volume mount point {path}: {err}"));
+            }
+        }
+        dir = open_dir(&dir, &name)?;
+    }
+    let target = format!("/proc/self/fd/{}", dir.as_raw_fd());
+    mount(
+        Some(device),
+        target.as_str(),
+        Some("ext4"),
+        MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+        None::<&str>,
+    )
+    .map_err(ctx(format!("mounting the volume at {path}")))
+}
+
 fn mkdir_p(path: &Path) -> Result<(), StepError> {
     std::fs::create_dir_all(path).map_err(ctx(format!("creating {}", path.display())))
 }
