@@ -61,7 +61,8 @@ pub async fn delete(
     Ok(Json(s.service.delete_volume(&app, &id).await?))
 }
 
-/// Grows the volume; a mounted one grows while its machine runs.
+/// Grows the volume; a mounted one grows while its machine runs where the host allows
+/// it, else `needs_restart` is true and it grows when the sandbox is next built.
 #[utoipa::path(put, path = "/v1/apps/{app}/volumes/{id}/extend", tag = "Volumes",
     request_body = ExtendVolumeRequest,
     responses((status = 200, body = ExtendVolumeResponse), (status = 400, body = ErrorResponse), (status = 404, body = ErrorResponse)))]

@@ -636,6 +636,60 @@ impl Client {
         self.call(Method::POST, &path, Some(req)).await
     }
 
+    // Volumes.
+
+    pub async fn create_volume(&self, app: &str, req: &CreateVolumeRequest) -> Result<Volume> {
+        self.call(Method::POST, &format!("/v1/apps/{app}/volumes"), Some(req))
+            .await
+    }
+
+    pub async fn list_volumes(&self, app: &str) -> Result<Vec<Volume>> {
+        self.call::<(), _>(Method::GET, &format!("/v1/apps/{app}/volumes"), None)
+            .await
+    }
+
+    /// `id` is a volume id or a name the app uses once.
+    pub async fn get_volume(&self, app: &str, id: &str) -> Result<Volume> {
+        let path = format!("/v1/apps/{app}/volumes/{}", encode_segment(id));
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn update_volume(
+        &self,
+        app: &str,
+        id: &str,
+        req: &UpdateVolumeRequest,
+    ) -> Result<Volume> {
+        let path = format!("/v1/apps/{app}/volumes/{}", encode_segment(id));
+        self.call(Method::POST, &path, Some(req)).await
+    }
+
+    pub async fn delete_volume(&self, app: &str, id: &str) -> Result<Volume> {
+        let path = format!("/v1/apps/{app}/volumes/{}", encode_segment(id));
+        self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
+    pub async fn extend_volume(
+        &self,
+        app: &str,
+        id: &str,
+        size_gb: u64,
+    ) -> Result<ExtendVolumeResponse> {
+        let path = format!("/v1/apps/{app}/volumes/{}/extend", encode_segment(id));
+        self.call(Method::PUT, &path, Some(&ExtendVolumeRequest { size_gb }))
+            .await
+    }
+
+    pub async fn create_volume_snapshot(&self, app: &str, id: &str) -> Result<VolumeSnapshot> {
+        let path = format!("/v1/apps/{app}/volumes/{}/snapshots", encode_segment(id));
+        self.call::<(), _>(Method::POST, &path, None).await
+    }
+
+    pub async fn list_volume_snapshots(&self, app: &str, id: &str) -> Result<Vec<VolumeSnapshot>> {
+        let path = format!("/v1/apps/{app}/volumes/{}/snapshots", encode_segment(id));
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
     /// A raw request, for tests and tools that need a status code.
     pub async fn raw(
         &self,

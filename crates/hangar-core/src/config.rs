@@ -101,7 +101,10 @@ pub fn mounts(config: &MachineConfig) -> Result<Vec<MachineMount>> {
                 m.volume
             )));
         }
-        if mounts[..i].iter().any(|o| o.path.trim_end_matches('/') == m.path.trim_end_matches('/')) {
+        if mounts[..i]
+            .iter()
+            .any(|o| o.path.trim_end_matches('/') == m.path.trim_end_matches('/'))
+        {
             return Err(Error::invalid_config(format!(
                 "config.mounts[{i}].path {:?} is already used by another mount",
                 m.path

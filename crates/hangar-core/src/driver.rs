@@ -477,12 +477,14 @@ pub trait Driver: Send + Sync + 'static {
     }
 
     /// Grows a volume and its file system to `size` bytes, while mounted if it is.
+    /// Returns false when a mounted file system can only grow the next time the
+    /// volume is attached (the host withholds online resizing).
     async fn extend_volume(
         &self,
         id: &str,
         size: u64,
         attached: Option<&Attachment>,
-    ) -> Result<(), DriverError> {
+    ) -> Result<bool, DriverError> {
         let _ = (id, size, attached);
         Err(no_volumes(self.name()))
     }

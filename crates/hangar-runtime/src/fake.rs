@@ -514,12 +514,12 @@ impl Driver for FakeDriver {
         id: &str,
         size: u64,
         _attached: Option<&Attachment>,
-    ) -> Result<(), DriverError> {
+    ) -> Result<bool, DriverError> {
         self.check(Verb::Volume)?;
         match self.lock().volumes.get_mut(id) {
             Some(old) => {
                 *old = size;
-                Ok(())
+                Ok(true)
             }
             None => Err(DriverError::Other(format!("no volume {id}"))),
         }

@@ -349,14 +349,16 @@ impl Store for SqliteStore {
     }
 
     async fn update_volume(&self, v: &VolumeRecord) -> StoreResult<()> {
-        sqlx::query("UPDATE volumes SET name = ?, size_gb = ?, snapshot_retention = ? WHERE id = ?")
-            .bind(&v.name)
-            .bind(v.size_gb as i64)
-            .bind(v.snapshot_retention)
-            .bind(&v.id)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "UPDATE volumes SET name = ?, size_gb = ?, snapshot_retention = ? WHERE id = ?",
+        )
+        .bind(&v.name)
+        .bind(v.size_gb as i64)
+        .bind(v.snapshot_retention)
+        .bind(&v.id)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         Ok(())
     }
 

@@ -75,7 +75,10 @@ pub struct ExtendVolumeRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct ExtendVolumeResponse {
     pub volume: Volume,
-    /// Always false: a mounted volume grows while its machine runs.
+    /// False when the volume grew at once (mounted or not). True when its machine
+    /// has it mounted and the host cannot grow a mounted file system: it grows when
+    /// the machine's sandbox is next built (an update of its image or mounts, or a
+    /// new machine).
     pub needs_restart: bool,
 }
 

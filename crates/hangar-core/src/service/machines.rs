@@ -27,7 +27,11 @@ const INLINE_EVENTS: u32 = 10;
 pub const MAX_WAIT: Duration = Duration::from_secs(300);
 
 impl Service {
-    pub async fn create_machine(&self, app: &str, mut req: CreateMachineRequest) -> Result<Machine> {
+    pub async fn create_machine(
+        &self,
+        app: &str,
+        mut req: CreateMachineRequest,
+    ) -> Result<Machine> {
         self.app_record(app).await?;
         config::validate(&req.config)?;
         let name = match req.name.filter(|n| !n.is_empty()) {

@@ -73,9 +73,7 @@ impl Service {
                 "fstype {fstype:?} is not offered: volumes are ext4"
             )));
         }
-        let retention = req
-            .snapshot_retention
-            .unwrap_or(DEFAULT_SNAPSHOT_RETENTION);
+        let retention = req.snapshot_retention.unwrap_or(DEFAULT_SNAPSHOT_RETENTION);
         check_retention(retention)?;
         let snapshot = req.snapshot_id.as_deref().filter(|s| !s.is_empty());
         let source = req.source_volume_id.as_deref().filter(|s| !s.is_empty());
@@ -138,12 +136,7 @@ impl Service {
         };
         let began = std::time::Instant::now();
         self.driver
-            .create_volume(
-                &record.id,
-                size_gb * GIB,
-                &origin,
-                source_attached.as_ref(),
-            )
+            .create_volume(&record.id, size_gb * GIB, &origin, source_attached.as_ref())
             .await?;
         metrics::histogram!("hangar_volume_create_seconds").record(began.elapsed().as_secs_f64());
         if let Err(err) = self.store.insert_volume(&record).await {
@@ -226,7 +219,8 @@ impl Service {
         Ok(())
     }
 
-    /// Grows a volume; a mounted one grows while its machine runs.
+    /// Grows a volume; a mounted one grows while its machine runs where the host
+    /// allows it, else (`needs_restart`) when its sandbox is next built.
     pub async fn extend_volume(
         &self,
         app: &str,
@@ -243,7 +237,8 @@ impl Service {
         }
         check_size(req.size_gb)?;
         let attached = self.live_attachment(app, &record.id).await?;
-        self.driver
+        let grown = self
+            .driver
             .extend_volume(&record.id, req.size_gb * GIB, attached.as_ref())
             .await?;
         record.size_gb = req.size_gb;
@@ -251,7 +246,7 @@ impl Service {
         drop(attach_guard);
         Ok(ExtendVolumeResponse {
             volume: self.volume_view(&record).await?,
-            needs_restart: false,
+            needs_restart: !grown,
         })
     }
 
@@ -267,8 +262,7 @@ impl Service {
             .driver
             .snapshot_volume(&volume.id, &snapshot_id, attached.as_ref())
             .await?;
-        metrics::histogram!("hangar_volume_snapshot_seconds")
-            .record(began.elapsed().as_secs_f64());
+        metrics::histogram!("hangar_volume_snapshot_seconds").record(began.elapsed().as_secs_f64());
         let record = VolumeSnapshotRecord {
             id: snapshot_id,
             volume_id: volume.id,

@@ -186,7 +186,9 @@ impl Driver for SandboxDriver {
         origin: &VolumeOrigin,
         source_attached: Option<&Attachment>,
     ) -> Result<(), DriverError> {
-        Ok(self.create_volume_image(id, size, origin, source_attached).await?)
+        Ok(self
+            .create_volume_image(id, size, origin, source_attached)
+            .await?)
     }
 
     async fn extend_volume(
@@ -194,7 +196,7 @@ impl Driver for SandboxDriver {
         id: &str,
         size: u64,
         attached: Option<&Attachment>,
-    ) -> Result<(), DriverError> {
+    ) -> Result<bool, DriverError> {
         Ok(self.extend_volume_image(id, size, attached).await?)
     }
 

@@ -97,13 +97,18 @@ pub fn mount_volume(root: &Path, device: &Path, path: &str) -> Result<(), StepEr
         )
     };
     if fd < 0 {
-        return Err(format!("opening the root: {}", std::io::Error::last_os_error()));
+        return Err(format!(
+            "opening the root: {}",
+            std::io::Error::last_os_error()
+        ));
     }
     // SAFETY: a fresh descriptor.
     let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
     for part in path.split('/').filter(|p| !p.is_empty()) {
         if part == "." || part == ".." {
-            return Err(format!("volume mount point {path} must not contain . or .."));
+            return Err(format!(
+                "volume mount point {path} must not contain . or .."
+            ));
         }
         let name = std::ffi::CString::new(part).map_err(ctx("the mount path"))?;
         // SAFETY: mkdirat on a descriptor we own; EEXIST is fine.

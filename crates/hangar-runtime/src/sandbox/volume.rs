@@ -47,8 +47,7 @@ impl Volumes {
             snapshots: layers.join("volume-snapshots"),
         };
         for dir in [&v.volumes, &v.snapshots] {
-            std::fs::create_dir_all(dir)
-                .map_err(io_err(format!("creating {}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
         }
         Ok(v)
     }
@@ -77,7 +76,8 @@ impl Volumes {
             match origin {
                 Origin::Empty => {
                     let file = File::create(&tmp).map_err(io_err("creating the volume image"))?;
-                    file.set_len(size).map_err(io_err("sizing the volume image"))?;
+                    file.set_len(size)
+                        .map_err(io_err("sizing the volume image"))?;
                     drop(file);
                     run(Command::new("mkfs.ext4")
                         .args(["-q", "-F", "-m", "0", "-E"])
@@ -106,20 +106,27 @@ impl Volumes {
     }
 
     /// Grows the image and its file system to `size` bytes; a mounted one online.
-    pub fn extend(&self, id: &str, size: u64, attached: Option<&Path>) -> Result<(), SandboxError> {
+    /// Returns false when the mounted file system could not grow in place (the host
+    /// withholds `CAP_SYS_RESOURCE`): it grows the next time the volume is attached.
+    pub fn extend(
+        &self,
+        id: &str,
+        size: u64,
+        attached: Option<&Path>,
+    ) -> Result<bool, SandboxError> {
         let image = self.image(id)?;
         let current = std::fs::metadata(&image)
             .map_err(io_err(format!("reading volume {id}")))?
             .len();
         if size <= current {
-            return Ok(());
+            return Ok(true);
         }
         let Some(mount) = attached else {
-            return grow_offline(&image, size);
+            grow_offline(&image, size)?;
+            return Ok(true);
         };
-        let device = attached_loop(&image).ok_or_else(|| {
-            SandboxError::InvalidSpec(format!("volume {id} is not mounted"))
-        })?;
+        let device = attached_loop(&image)
+            .ok_or_else(|| SandboxError::InvalidSpec(format!("volume {id} is not mounted")))?;
         let dir = open_mount(mount, &device)?;
         OpenOptions::new()
             .write(true)
@@ -136,13 +143,21 @@ impl Volumes {
         let block = statfs(&dir)?.block_size.max(1024);
         let blocks: u64 = size / block;
         // SAFETY: EXT4_IOC_RESIZE_FS reads one u64 from the pointer.
-        if unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_RESIZE_FS, &blocks as *const u64) } < 0
-        {
-            return Err(io_err("growing the mounted file system")(
-                io::Error::last_os_error(),
-            ));
+        if unsafe { libc::ioctl(dir.as_raw_fd(), EXT4_IOC_RESIZE_FS, &blocks as *const u64) } < 0 {
+            let err = io::Error::last_os_error();
+            if err.raw_os_error() == Some(libc::EPERM) {
+                std::fs::write(self.pending_growth(id), b"")
+                    .map_err(io_err("recording the volume's pending growth"))?;
+                return Ok(false);
+            }
+            return Err(io_err("growing the mounted file system")(err));
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// Marks a volume whose image grew while its file system could not.
+    fn pending_growth(&self, id: &str) -> PathBuf {
+        self.volumes.join(format!("{id}.grow"))
     }
 
     /// A clone of the volume as `snapshot`; a mounted file system is frozen (flushed
@@ -172,7 +187,8 @@ impl Volumes {
     }
 
     pub fn remove(&self, id: &str) -> Result<(), SandboxError> {
-        remove_file(&self.image(id)?)
+        remove_file(&self.image(id)?)?;
+        remove_file(&self.pending_growth(id))
     }
 
     pub fn remove_snapshot(&self, id: &str) -> Result<(), SandboxError> {
@@ -199,6 +215,11 @@ impl Volumes {
             }
             std::thread::sleep(pause);
             pause = (pause * 2).min(Duration::from_millis(50));
+        }
+        let pending = self.pending_growth(id);
+        if pending.exists() {
+            grow_file_system(&image)?;
+            remove_file(&pending)?;
         }
         let backing = OpenOptions::new()
             .read(true)
@@ -235,7 +256,9 @@ fn check_id(id: &str) -> Result<(), SandboxError> {
     if ok {
         Ok(())
     } else {
-        Err(SandboxError::InvalidSpec(format!("{id:?} is not a volume id")))
+        Err(SandboxError::InvalidSpec(format!(
+            "{id:?} is not a volume id"
+        )))
     }
 }
 
@@ -285,6 +308,11 @@ fn grow_offline(image: &Path, size: u64) -> Result<(), SandboxError> {
         .open(image)
         .and_then(|f| f.set_len(size))
         .map_err(io_err("growing the volume image"))?;
+    grow_file_system(image)
+}
+
+/// Grows an unmounted image's file system to the image's size.
+fn grow_file_system(image: &Path) -> Result<(), SandboxError> {
     // resize2fs wants a freshly checked file system; exit code 1 means "fixed".
     let out = Command::new("e2fsck")
         .args(["-f", "-p"])
@@ -331,7 +359,10 @@ fn open_mount(mount: &Path, device: &Path) -> Result<File, SandboxError> {
     let rdev = std::fs::metadata(device)
         .map_err(io_err(format!("reading {}", device.display())))?
         .rdev();
-    let dev = dir.metadata().map_err(io_err("reading the mount point"))?.dev();
+    let dev = dir
+        .metadata()
+        .map_err(io_err("reading the mount point"))?
+        .dev();
     if dev != rdev {
         return Err(SandboxError::InvalidSpec(format!(
             "{} is not the volume's file system any more",
@@ -374,7 +405,7 @@ pub(crate) fn attached_loop(image: &Path) -> Option<PathBuf> {
             let backing = std::fs::read_to_string(dev.path().join("loop/backing_file")).ok()?;
             let backing = std::fs::metadata(backing.trim()).ok()?;
             let same = backing.dev() == meta.dev() && backing.ino() == meta.ino();
-same.then(|| PathBuf::from(format!("/dev/{name}")))
+            same.then(|| PathBuf::from(format!("/dev/{name}")))
         })
 }
 
@@ -458,8 +489,13 @@ fn attach_loop(backing: &File) -> Result<LoopDevice, SandboxError> {
         };
         config.info.flags = LO_FLAGS_AUTOCLEAR;
         // SAFETY: LOOP_CONFIGURE reads one struct loop_config.
-        if unsafe { libc::ioctl(dev.as_raw_fd(), LOOP_CONFIGURE, &config as *const LoopConfig) }
-            == 0
+        if unsafe {
+            libc::ioctl(
+                dev.as_raw_fd(),
+                LOOP_CONFIGURE,
+                &config as *const LoopConfig,
+            )
+        } == 0
         {
             return Ok(LoopDevice { path, _fd: dev });
         }
@@ -529,7 +565,7 @@ impl SandboxDriver {
         id: &str,
         size: u64,
         attached: Option<&Attachment>,
-    ) -> Result<(), SandboxError> {
+    ) -> Result<bool, SandboxError> {
         let volumes = self.volumes.clone();
         let mount = self.live_mount(attached);
         let id = id.to_string();

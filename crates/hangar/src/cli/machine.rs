@@ -170,6 +170,9 @@ pub struct RunArgs {
     /// Destroy the machine when its process exits.
     #[arg(long)]
     rm: bool,
+    /// `VOLUME:/path`: mount a volume (id or name) at a path, repeatable.
+    #[arg(long = "volume", short = 'v')]
+    volumes: Vec<String>,
     /// The command, replacing the image's.
     #[arg(last = true)]
     command: Vec<String>,
@@ -351,7 +354,14 @@ async fn run_machine(client: &Client, args: RunArgs, json: bool) -> Result<()> {
         memory_mb: args.memory.unwrap_or(256),
         ..Default::default()
     });
-    let config = MachineConfig {
+    let mut mounts = Vec::new();
+    for spec in &args.volumes {
+        let Some((volume, path)) = spec.split_once(':') else {
+            bail!("--volume {spec:?} is not VOLUME:/path");
+        };
+        mounts.push(serde_json::json!({"volume": volume, "path": path}));
+    }
+    let mut config = MachineConfig {
         image: args.image,
         init: (!args.command.is_empty()).then(|| MachineInit {
             exec: Some(args.command),
@@ -366,6 +376,11 @@ async fn run_machine(client: &Client, args: RunArgs, json: bool) -> Result<()> {
         auto_destroy: args.rm,
         ..Default::default()
     };
+    if !mounts.is_empty() {
+        config
+            .extra
+            .insert("mounts".into(), serde_json::Value::Array(mounts));
+    }
     let app = &args.app.app;
     // The default app is created on first use; a named one must exist.
     if app == "default" {

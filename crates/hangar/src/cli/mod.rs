@@ -9,6 +9,7 @@ mod image;
 mod machine;
 mod output;
 mod registry;
+mod volume;
 
 use std::process::ExitCode;
 
@@ -48,6 +49,9 @@ pub enum Command {
     /// Registry credentials for pulls.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Persistent volumes: create, list, show, extend, snapshot, fork, destroy.
+    #[command(subcommand, alias = "vol")]
+    Volume(volume::VolumeCommand),
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
@@ -58,6 +62,9 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Machine(cmd) => machine::run(&client(), cmd, cli.json).await,
         Command::Image(cmd) => image::run(&client(), cmd, cli.json).await,
         Command::Registry(cmd) => registry::run(&client(), cmd, cli.json).await,
+        Command::Volume(cmd) => volume::run(&client(), cmd, cli.json)
+            .await
+            .map(|()| ExitCode::SUCCESS),
     }
 }
 
