@@ -779,3 +779,153 @@ async fn files_routes_report_bad_input_in_hangars_format() {
     assert!(doc["paths"]["/v1/apps/{app}/machines/{id}/files"]["put"].is_object());
     assert!(doc["components"]["schemas"].get("FileEntry").is_some());
 }
+
+#[tokio::test]
+async fn volume_routes_speak_flys_shapes_and_codes() {
+    let h = harness().await;
+    let (status, vol) = h
+        .call(
+            Method::POST,
+            "/v1/apps/demo/volumes",
+            Some(json!({"name": "data", "size_gb": 3, "region": "anywhere"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{vol}");
+    let id = vol["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("vol_"), "{id}");
+    for (field, want) in [
+        ("name", json!("data")),
+        ("size_gb", json!(3)),
+        ("state", json!("created")),
+        ("fstype", json!("ext4")),
+        ("encrypted", json!(false)),
+        ("snapshot_retention", json!(5)),
+    ] {
+        assert_eq!(vol[field], want, "{field} in {vol}");
+    }
+    assert!(vol.get("attached_machine_id").is_none(), "{vol}");
+    assert_eq!(h.driver.volume_size(&id), Some(3 << 30));
+
+    // Bad input says what to do and creates nothing.
+    for (body, code) in [
+        (json!({"name": "data"}), "bad_request"),
+        (json!({"name": "Bad Name", "size_gb": 1}), "bad_request"),
+        (json!({"name": "x", "size_gb": 0}), "bad_request"),
+        (json!({"name": "x", "size_gb": 1, "fstype": "xfs"}), "bad_request"),
+        (json!({"name": "x", "snapshot_id": "vs_nope"}), "volume_snapshot_not_found"),
+        (json!({"name": "x", "source_volume_id": "vol_nope"}), "volume_not_found"),
+        (json!({"name": "x", "source_volume_id": id, "size_gb": 1}), "bad_request"),
+    ] {
+        let (status, err) = h
+            .call(Method::POST, "/v1/apps/demo/volumes", Some(body.clone()))
+            .await;
+        assert_eq!(err["code"], code, "{body} -> {err}");
+        assert_eq!(status.as_u16() / 100, 4, "{body}");
+        assert!(err["error"].as_str().is_some_and(|e| !e.is_empty()));
+    }
+    let (_, list) = h.call(Method::GET, "/v1/apps/demo/volumes", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 1);
+
+    // Update, extend (only up), snapshots.
+    let (status, updated) = h
+        .call(
+            Method::POST,
+            &format!("/v1/apps/demo/volumes/{id}"),
+            Some(json!({"snapshot_retention": 10})),
+        )
+        .await;
+    assert_eq!((status, &updated["snapshot_retention"]), (StatusCode::OK, &json!(10)));
+    let (status, err) = h
+        .call(
+            Method::PUT,
+            &format!("/v1/apps/demo/volumes/{id}/extend"),
+            Some(json!({"size_gb": 2})),
+        )
+        .await;
+    assert_eq!((status, &err["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")));
+    let (status, grown) = h
+        .call(
+            Method::PUT,
+            &format!("/v1/apps/demo/volumes/{id}/extend"),
+            Some(json!({"size_gb": 4})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{grown}");
+    assert_eq!((&grown["volume"]["size_gb"], &grown["needs_restart"]), (&json!(4), &json!(false)));
+    let (status, snap) = h
+        .call(Method::POST, &format!("/v1/apps/demo/volumes/{id}/snapshots"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{snap}");
+    assert_eq!(snap["size"], json!(4u64 << 30));
+    let (_, snaps) = h
+        .call(Method::GET, &format!("/v1/apps/demo/volumes/{id}/snapshots"), None)
+        .await;
+    assert_eq!(snaps[0]["id"], snap["id"]);
+    let (status, restored) = h
+        .call(
+            Method::POST,
+            "/v1/apps/demo/volumes",
+            Some(json!({"name": "again", "snapshot_id": snap["id"]})),
+        )
+        .await;
+    assert_eq!((status, &restored["size_gb"]), (StatusCode::OK, &json!(4)));
+
+    // Mounting: unknown volume, bad path, one machine at a time.
+    let mount = |volume: &str, path: &str| {
+        json!({"image": "busybox:latest", "mounts": [{"volume": volume, "path": path}]})
+    };
+    let (status, err) = h.create(mount("vol_nope", "/data")).await;
+    assert_eq!((status, &err["code"]), (StatusCode::NOT_FOUND, &json!("volume_not_found")));
+    for path in ["data", "/", "/proc/x", "/a/../b"] {
+        let (status, err) = h.create(mount(&id, path)).await;
+        assert_eq!(
+            (status, &err["code"]),
+            (StatusCode::UNPROCESSABLE_ENTITY, &json!("invalid_config")),
+            "{path}: {err}"
+        );
+    }
+    let (status, m) = h.create(mount("data", "/data")).await;
+    assert_eq!(status, StatusCode::OK, "{m}");
+    let machine = m["id"].as_str().unwrap().to_string();
+    assert_eq!(m["config"]["mounts"][0]["volume"], json!(id));
+    let spec = h
+        .driver
+        .sandbox_spec(&MachineId::parse(&machine).unwrap())
+        .unwrap();
+    assert_eq!(spec.mounts[0].volume, id);
+    assert_eq!(spec.mounts[0].path, "/data");
+    let (_, seen) = h.call(Method::GET, &format!("/v1/apps/demo/volumes/{id}"), None).await;
+    assert_eq!(seen["attached_machine_id"], json!(machine));
+
+    let (status, err) = h.create(mount(&id, "/data")).await;
+    assert_eq!((status, &err["code"]), (StatusCode::CONFLICT, &json!("volume_attached")));
+    assert!(err["error"].as_str().unwrap().contains(&machine), "{err}");
+    let (status, err) = h
+        .call(Method::DELETE, &format!("/v1/apps/demo/volumes/{id}"), None)
+        .await;
+    assert_eq!((status, &err["code"]), (StatusCode::CONFLICT, &json!("volume_attached")));
+
+    let (status, _) = h
+        .call(Method::DELETE, &format!("/v1/apps/demo/machines/{machine}?force=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, gone) = h
+        .call(Method::DELETE, &format!("/v1/apps/demo/volumes/{id}"), None)
+        .await;
+    assert_eq!((status, &gone["state"]), (StatusCode::OK, &json!("destroyed")));
+    assert_eq!(h.driver.volume_size(&id), None);
+    let (status, err) = h
+        .call(Method::GET, &format!("/v1/apps/demo/volumes/{id}"), None)
+        .await;
+    assert_eq!((status, &err["code"]), (StatusCode::NOT_FOUND, &json!("volume_not_found")));
+
+    let (_, doc) = h.call(Method::GET, "/v1/openapi.json", None).await;
+    for path in [
+        "/v1/apps/{app}/volumes",
+        "/v1/apps/{app}/volumes/{id}",
+        "/v1/apps/{app}/volumes/{id}/extend",
+        "/v1/apps/{app}/volumes/{id}/snapshots",
+    ] {
+        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+    }
+}

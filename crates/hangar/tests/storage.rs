@@ -377,3 +377,63 @@ async fn suspend_freezes_and_start_resumes() {
     assert_eq!(state(&client, &id).await, "started");
     assert_eq!(sh(&client, APP, &id, "cat /root/mem").await, "kept\n");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn update_keeps_or_resets_the_writable_layer_as_asked() {
+    let Some((_daemon, client)) = setup(APP).await else {
+        return;
+    };
+    // A second image: busybox with one more layer.
+    let builder = launch(&client, APP, busybox(&["sleep", "100000"])).await;
+    sh(&client, APP, &builder, "echo from-image > /etc/built").await;
+    client
+        .commit_machine(
+            APP,
+            &builder,
+            &hangar_types::CommitMachineRequest {
+                reference: "built:update".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
+    sh(&client, APP, &id, "echo mine > /root/work").await;
+    let update = |image: &str, reset: Option<bool>| hangar_types::UpdateMachineRequest {
+        config: hangar_types::MachineConfig {
+            image: image.into(),
+            ..busybox(&["sleep", "100000"])
+        },
+        rootfs_reset: reset,
+        ..Default::default()
+    };
+    // A new image, keeping the machine's files on top of it.
+    client
+        .update_machine(APP, &id, &update("built:update", Some(false)))
+        .await
+        .unwrap();
+    assert_eq!(
+        sh(&client, APP, &id, "cat /root/work /etc/built").await,
+        "mine\nfrom-image\n"
+    );
+    // The same image, reset on request.
+    client
+        .update_machine(APP, &id, &update("built:update", Some(true)))
+        .await
+        .unwrap();
+    assert_eq!(
+        sh(&client, APP, &id, "test ! -e /root/work && cat /etc/built").await,
+        "from-image\n"
+    );
+    // A new image resets by default.
+    sh(&client, APP, &id, "echo mine > /root/work").await;
+    client
+        .update_machine(APP, &id, &update("busybox:latest", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        sh(&client, APP, &id, "test ! -e /root/work && test ! -e /etc/built && echo reset").await,
+        "reset\n"
+    );
+}
