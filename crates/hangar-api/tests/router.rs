@@ -811,10 +811,22 @@ async fn volume_routes_speak_flys_shapes_and_codes() {
         (json!({"name": "data"}), "bad_request"),
         (json!({"name": "Bad Name", "size_gb": 1}), "bad_request"),
         (json!({"name": "x", "size_gb": 0}), "bad_request"),
-        (json!({"name": "x", "size_gb": 1, "fstype": "xfs"}), "bad_request"),
-        (json!({"name": "x", "snapshot_id": "vs_nope"}), "volume_snapshot_not_found"),
-        (json!({"name": "x", "source_volume_id": "vol_nope"}), "volume_not_found"),
-        (json!({"name": "x", "source_volume_id": id, "size_gb": 1}), "bad_request"),
+        (
+            json!({"name": "x", "size_gb": 1, "fstype": "xfs"}),
+            "bad_request",
+        ),
+        (
+            json!({"name": "x", "snapshot_id": "vs_nope"}),
+            "volume_snapshot_not_found",
+        ),
+        (
+            json!({"name": "x", "source_volume_id": "vol_nope"}),
+            "volume_not_found",
+        ),
+        (
+            json!({"name": "x", "source_volume_id": id, "size_gb": 1}),
+            "bad_request",
+        ),
     ] {
         let (status, err) = h
             .call(Method::POST, "/v1/apps/demo/volumes", Some(body.clone()))
@@ -834,7 +846,10 @@ async fn volume_routes_speak_flys_shapes_and_codes() {
             Some(json!({"snapshot_retention": 10})),
         )
         .await;
-    assert_eq!((status, &updated["snapshot_retention"]), (StatusCode::OK, &json!(10)));
+    assert_eq!(
+        (status, &updated["snapshot_retention"]),
+        (StatusCode::OK, &json!(10))
+    );
     let (status, err) = h
         .call(
             Method::PUT,
@@ -842,7 +857,10 @@ async fn volume_routes_speak_flys_shapes_and_codes() {
             Some(json!({"size_gb": 2})),
         )
         .await;
-    assert_eq!((status, &err["code"]), (StatusCode::BAD_REQUEST, &json!("bad_request")));
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::BAD_REQUEST, &json!("bad_request"))
+    );
     let (status, grown) = h
         .call(
             Method::PUT,
@@ -851,14 +869,25 @@ async fn volume_routes_speak_flys_shapes_and_codes() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{grown}");
-    assert_eq!((&grown["volume"]["size_gb"], &grown["needs_restart"]), (&json!(4), &json!(false)));
+    assert_eq!(
+        (&grown["volume"]["size_gb"], &grown["needs_restart"]),
+        (&json!(4), &json!(false))
+    );
     let (status, snap) = h
-        .call(Method::POST, &format!("/v1/apps/demo/volumes/{id}/snapshots"), None)
+        .call(
+            Method::POST,
+            &format!("/v1/apps/demo/volumes/{id}/snapshots"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK, "{snap}");
     assert_eq!(snap["size"], json!(4u64 << 30));
     let (_, snaps) = h
-        .call(Method::GET, &format!("/v1/apps/demo/volumes/{id}/snapshots"), None)
+        .call(
+            Method::GET,
+            &format!("/v1/apps/demo/volumes/{id}/snapshots"),
+            None,
+        )
         .await;
     assert_eq!(snaps[0]["id"], snap["id"]);
     let (status, restored) = h
@@ -871,11 +900,12 @@ async fn volume_routes_speak_flys_shapes_and_codes() {
     assert_eq!((status, &restored["size_gb"]), (StatusCode::OK, &json!(4)));
 
     // Mounting: unknown volume, bad path, one machine at a time.
-    let mount = |volume: &str, path: &str| {
-        json!({"image": "busybox:latest", "mounts": [{"volume": volume, "path": path}]})
-    };
+    let mount = |volume: &str, path: &str| json!({"image": "busybox:latest", "mounts": [{"volume": volume, "path": path}]});
     let (status, err) = h.create(mount("vol_nope", "/data")).await;
-    assert_eq!((status, &err["code"]), (StatusCode::NOT_FOUND, &json!("volume_not_found")));
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::NOT_FOUND, &json!("volume_not_found"))
+    );
     for path in ["data", "/", "/proc/x", "/a/../b"] {
         let (status, err) = h.create(mount(&id, path)).await;
         assert_eq!(
@@ -894,30 +924,48 @@ async fn volume_routes_speak_flys_shapes_and_codes() {
         .unwrap();
     assert_eq!(spec.mounts[0].volume, id);
     assert_eq!(spec.mounts[0].path, "/data");
-    let (_, seen) = h.call(Method::GET, &format!("/v1/apps/demo/volumes/{id}"), None).await;
+    let (_, seen) = h
+        .call(Method::GET, &format!("/v1/apps/demo/volumes/{id}"), None)
+        .await;
     assert_eq!(seen["attached_machine_id"], json!(machine));
 
     let (status, err) = h.create(mount(&id, "/data")).await;
-    assert_eq!((status, &err["code"]), (StatusCode::CONFLICT, &json!("volume_attached")));
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::CONFLICT, &json!("volume_attached"))
+    );
     assert!(err["error"].as_str().unwrap().contains(&machine), "{err}");
     let (status, err) = h
         .call(Method::DELETE, &format!("/v1/apps/demo/volumes/{id}"), None)
         .await;
-    assert_eq!((status, &err["code"]), (StatusCode::CONFLICT, &json!("volume_attached")));
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::CONFLICT, &json!("volume_attached"))
+    );
 
     let (status, _) = h
-        .call(Method::DELETE, &format!("/v1/apps/demo/machines/{machine}?force=true"), None)
+        .call(
+            Method::DELETE,
+            &format!("/v1/apps/demo/machines/{machine}?force=true"),
+            None,
+        )
         .await;
     assert_eq!(status, StatusCode::OK);
     let (status, gone) = h
         .call(Method::DELETE, &format!("/v1/apps/demo/volumes/{id}"), None)
         .await;
-    assert_eq!((status, &gone["state"]), (StatusCode::OK, &json!("destroyed")));
+    assert_eq!(
+        (status, &gone["state"]),
+        (StatusCode::OK, &json!("destroyed"))
+    );
     assert_eq!(h.driver.volume_size(&id), None);
     let (status, err) = h
         .call(Method::GET, &format!("/v1/apps/demo/volumes/{id}"), None)
         .await;
-    assert_eq!((status, &err["code"]), (StatusCode::NOT_FOUND, &json!("volume_not_found")));
+    assert_eq!(
+        (status, &err["code"]),
+        (StatusCode::NOT_FOUND, &json!("volume_not_found"))
+    );
 
     let (_, doc) = h.call(Method::GET, "/v1/openapi.json", None).await;
     for path in [
@@ -926,6 +974,9 @@ async fn volume_routes_speak_flys_shapes_and_codes() {
         "/v1/apps/{app}/volumes/{id}/extend",
         "/v1/apps/{app}/volumes/{id}/snapshots",
     ] {
-        assert!(doc["paths"].get(path).is_some(), "{path} missing from the OpenAPI document");
+        assert!(
+            doc["paths"].get(path).is_some(),
+            "{path} missing from the OpenAPI document"
+        );
     }
 }

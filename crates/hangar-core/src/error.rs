@@ -57,6 +57,7 @@ impl Error {
                 PathErrorKind::NotRegular | PathErrorKind::Invalid => ErrorCode::InvalidPath,
                 PathErrorKind::TooLarge => ErrorCode::PayloadTooLarge,
             },
+            Error::Driver(err) if is_storage_full(err) => ErrorCode::StorageFull,
             Error::Driver(_) => ErrorCode::Internal,
             Error::Image(err) => match err {
                 ImageError::NotFound { .. } => ErrorCode::ImageNotFound,
@@ -95,6 +96,9 @@ impl Error {
             Error::Driver(DriverError::Path { path, why, .. }) => {
                 format!("{path:?} inside the machine {why}")
             }
+            Error::Driver(err) if is_storage_full(err) => "the host's storage for machines is full, so nothing was changed; \
+                 free space (delete checkpoints, volume snapshots or machines) or give hangar more (--layers-size) and retry"
+                .to_string(),
             Error::Image(err) => match image_message(err) {
                 Some(message) => message,
                 None => INTERNAL.to_string(),
@@ -102,6 +106,12 @@ impl Error {
             _ => INTERNAL.to_string(),
         }
     }
+}
+
+/// ENOSPC (or EDQUOT) from the layers file system.
+fn is_storage_full(err: &DriverError) -> bool {
+    matches!(err, DriverError::Io { source, .. }
+        if matches!(source.kind(), std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded))
 }
 
 const INTERNAL: &str = "internal error; the cause was logged on the server, try again or report it";

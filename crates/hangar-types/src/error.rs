@@ -72,6 +72,8 @@ pub enum ErrorCode {
     PayloadTooLarge,
     /// A `wait` or an exec ran out of time (408).
     Timeout,
+    /// The host's storage for machines (layers, checkpoints, volumes) is full (507).
+    StorageFull,
     /// Our own fault (500).
     Internal,
     /// A backend (runtime, image store) is not available (503).
@@ -114,6 +116,7 @@ impl ErrorCode {
             ErrorCode::VersionMismatch => "version_mismatch",
             ErrorCode::PayloadTooLarge => "payload_too_large",
             ErrorCode::Timeout => "timeout",
+            ErrorCode::StorageFull => "storage_full",
             ErrorCode::Internal => "internal",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::Unsupported => "unsupported",
@@ -151,6 +154,7 @@ impl ErrorCode {
             ErrorCode::Unsupported => 501,
             ErrorCode::RegistryUnreachable | ErrorCode::DigestMismatch => 502,
             ErrorCode::Unavailable => 503,
+            ErrorCode::StorageFull => 507,
         }
     }
 }
@@ -186,6 +190,7 @@ mod tests {
             ErrorCode::VolumeNotFound,
             ErrorCode::VolumeSnapshotNotFound,
             ErrorCode::VolumeAttached,
+            ErrorCode::StorageFull,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

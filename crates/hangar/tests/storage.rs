@@ -433,7 +433,90 @@ async fn update_keeps_or_resets_the_writable_layer_as_asked() {
         .await
         .unwrap();
     assert_eq!(
-        sh(&client, APP, &id, "test ! -e /root/work && test ! -e /etc/built && echo reset").await,
+        sh(
+            &client,
+            APP,
+            &id,
+            "test ! -e /root/work && test ! -e /etc/built && echo reset"
+        )
+        .await,
         "reset\n"
     );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_checkpoint_on_full_storage_fails_cleanly_and_leaves_the_machine_alone() {
+    if common::skip_unless_root() {
+        return;
+    }
+    // The smallest layers file system, filled by the machine itself.
+    let daemon = common::Daemon::start_with_env(&[("HANGAR_LAYERS_SIZE", "1G")]);
+    daemon.import_busybox("busybox:latest");
+    let client = daemon.client();
+    client.create_app(APP, None).await.unwrap();
+    let id = launch(&client, APP, busybox(&["sleep", "100000"])).await;
+    sh(&client, APP, &id, "echo precious > /root/keep").await;
+    let fill = MachineExecRequest {
+        command: Some(
+            [
+                "sh",
+                "-c",
+                "dd if=/dev/zero of=/root/fill bs=1M count=2048 2>&1; sync; echo done",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        ),
+        timeout: Some(300),
+        ..Default::default()
+    };
+    let out = client.exec(APP, &id, &fill).await.unwrap();
+    assert!(
+        out.stdout.contains("No space left on device"),
+        "{}",
+        out.stdout
+    );
+
+    // However often it is tried, a checkpoint either is whole or is not at all.
+    let mut taken = Vec::new();
+    for _ in 0..3 {
+        match client.create_checkpoint(APP, &id, None).await {
+            Ok(c) => taken.push(c.id),
+            Err(hangar_client::ClientError::Api {
+                status,
+                code,
+                message,
+            }) => {
+                assert_eq!((status, code.as_str()), (507, "storage_full"), "{message}");
+                assert!(message.contains("--layers-size"), "{message}");
+            }
+            Err(other) => panic!("{other:?}"),
+        }
+    }
+    let listed: Vec<String> = client
+        .list_checkpoints(APP, &id)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| c.id)
+        .collect();
+    assert_eq!(listed, taken);
+    // The machine runs on, not frozen, with its files.
+    assert_eq!(state(&client, &id).await, "started");
+    assert_eq!(sh(&client, APP, &id, "cat /root/keep").await, "precious\n");
+    // Freeing space makes checkpoints work again.
+    sh(&client, APP, &id, "rm /root/fill && sync").await;
+    for c in &taken {
+        client.delete_checkpoint(APP, &id, c).await.unwrap();
+    }
+    common::eventually(
+        "a checkpoint to succeed again",
+        Duration::from_secs(30),
+        || {
+            let client = client.clone();
+            let id = id.clone();
+            async move { client.create_checkpoint(APP, &id, None).await.is_ok() }
+        },
+    )
+    .await;
 }

@@ -22,6 +22,8 @@ pub struct Daemon {
     pub child: Option<Child>,
     pub api: String,
     pub token: String,
+    /// Extra environment for `hangar serve` (its flags' env twins).
+    pub env: Vec<(String, String)>,
 }
 
 /// Skips (returning true) when the test cannot run here, saying why.
@@ -40,6 +42,11 @@ fn nix_is_root() -> bool {
 
 impl Daemon {
     pub fn start() -> Daemon {
+        Daemon::start_with_env(&[])
+    }
+
+    /// Like [`Daemon::start`], with `hangar serve` given extra environment.
+    pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
         let dir = tempfile::Builder::new()
             .prefix("hangar-test-")
             .tempdir()
@@ -49,6 +56,10 @@ impl Daemon {
             child: None,
             api: String::new(),
             token: String::new(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
         };
         daemon.spawn();
         daemon
@@ -64,6 +75,7 @@ impl Daemon {
             .args(["serve", "--api-listen", "127.0.0.1:0", "--data-dir"])
             .arg(self.dir.path())
             .env("HANGAR_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .spawn()
