@@ -205,17 +205,7 @@ impl Volumes {
                 "volume {id} does not exist on this host"
             )));
         }
-        let deadline = Instant::now() + RELEASE_TIMEOUT;
-        let mut pause = Duration::from_millis(1);
-        while attached_loop(&image).is_some() {
-            if Instant::now() >= deadline {
-                return Err(SandboxError::InvalidSpec(format!(
-                    "volume {id} is still in use by another sandbox"
-                )));
-            }
-            std::thread::sleep(pause);
-            pause = (pause * 2).min(Duration::from_millis(50));
-        }
+        wait_released(id, &image)?;
         let pending = self.pending_growth(id);
         if pending.exists() {
             grow_file_system(&image)?;
@@ -228,6 +218,23 @@ impl Volumes {
             .map_err(io_err(format!("opening volume {id}")))?;
         attach_loop(&backing)
     }
+}
+
+/// Waits for the kernel to detach the loop device of a sandbox just torn down: its
+/// mount namespace goes with its last process, the device a moment later.
+fn wait_released(id: &str, image: &Path) -> Result<(), SandboxError> {
+    let deadline = Instant::now() + RELEASE_TIMEOUT;
+    let mut pause = Duration::from_millis(1);
+    while attached_loop(image).is_some() {
+        if Instant::now() >= deadline {
+            return Err(SandboxError::InvalidSpec(format!(
+                "volume {id} is still in use by a sandbox"
+            )));
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(Duration::from_millis(50));
+    }
+    Ok(())
 }
 
 /// What a new volume starts as; `Volume` names the source's mount point (via
@@ -355,7 +362,15 @@ fn frozen<T>(
 /// Opens a volume's mount point inside a machine and checks that it really is the
 /// volume's file system: a machine cannot swap something else in under the path.
 fn open_mount(mount: &Path, device: &Path) -> Result<File, SandboxError> {
-    let dir = File::open(mount).map_err(io_err(format!("opening {}", mount.display())))?;
+    // The path runs through the machine's own tree, which it may have changed:
+    // only a directory is opened (never a FIFO that would block, nor a device), and
+    // it is used only if it is the volume's file system.
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(mount)
+        .map_err(io_err(format!("opening {}", mount.display())))?;
     let rdev = std::fs::metadata(device)
         .map_err(io_err(format!("reading {}", device.display())))?
         .rdev();
@@ -593,14 +608,17 @@ impl SandboxDriver {
             .flatten()
     }
 
+    /// Deletes the volume once no sandbox holds it (the service has already checked
+    /// that no machine mounts it).
     pub async fn delete_volume_image(&self, id: &str) -> Result<(), SandboxError> {
-        let image = self.volumes.image(id)?;
-        if attached_loop(&image).is_some() {
-            return Err(SandboxError::InvalidSpec(format!(
-                "volume {id} is mounted by a sandbox"
-            )));
-        }
-        self.volumes.remove(id)
+        let volumes = self.volumes.clone();
+        let id = id.to_string();
+        blocking(move || {
+            let image = volumes.image(&id)?;
+            wait_released(&id, &image)?;
+            volumes.remove(&id)
+        })
+        .await
     }
 
     pub async fn delete_volume_snapshot_image(&self, id: &str) -> Result<(), SandboxError> {
