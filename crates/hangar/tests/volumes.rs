@@ -111,6 +111,27 @@ async fn a_volume_keeps_its_files_across_stop_start_and_machines() {
     // The mount is the volume's own file system, not part of the root's layer.
     let fs = sh(&client, APP, &id, "grep ' /data ' /proc/mounts").await;
     assert!(fs.contains("ext4"), "{fs}");
+    // A checkpoint rewinds the root filesystem, not the volume, which stays mounted.
+    let cp = client.create_checkpoint(APP, &id, None).await.unwrap();
+    sh(
+        &client,
+        APP,
+        &id,
+        "echo later > /data/later && echo later > /root/later",
+    )
+    .await;
+    client.restore_checkpoint(APP, &id, &cp.id).await.unwrap();
+    client.wait(APP, &id, "started", 30).await.unwrap();
+    assert_eq!(
+        sh(
+            &client,
+            APP,
+            &id,
+            "test ! -e /root/later && cat /data/later"
+        )
+        .await,
+        "later\n"
+    );
 
     client.destroy_machine(APP, &id, true).await.unwrap();
     let dir = daemon.data_dir().to_path_buf();
