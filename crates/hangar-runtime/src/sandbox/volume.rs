@@ -122,6 +122,8 @@ impl Volumes {
             return Ok(true);
         }
         let Some(mount) = attached else {
+            // e2fsck and resize2fs must never touch a mounted file system.
+            wait_released(id, &image)?;
             grow_offline(&image, size)?;
             return Ok(true);
         };
