@@ -10,6 +10,7 @@
 //!   `cat` (echoes stdin), `hostname` (the machine id) and `sleep N` (times out when N
 //!   seconds exceed the timeout); any other command fails with
 //!   [`DriverError::InvalidCommand`], like a binary missing from the image.
+//! - Volumes and their snapshots are sizes in a table; `rebuild` swaps the spec.
 //! - [`FakeDriver::fail_next`] makes the next call of one verb fail, to test error paths.
 //!
 //! It owns no files except log lines it appends to [`Driver::log_path`] when built

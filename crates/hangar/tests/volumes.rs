@@ -174,11 +174,36 @@ async fn a_volume_keeps_its_files_across_stop_start_and_machines() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn writing_past_the_size_fails_with_enospc_and_harms_nothing_else() {
-    let Some((_daemon, client)) = setup(APP).await else {
+    let Some((daemon, client)) = setup(APP).await else {
         return;
     };
     let vol = volume(&client, "small", 1).await;
-    let id = launch(&client, APP, with_mounts(sleeper(), &[(&vol.id, "/data")])).await;
+    // Mounted by name through the CLI.
+    let out = daemon
+        .cli()
+        .args([
+            "machine",
+            "run",
+            "-a",
+            APP,
+            "busybox:latest",
+            "--volume",
+            "small:/data",
+            "--json",
+            "--",
+            "sleep",
+            "100000",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = serde_json::from_slice::<hangar_types::Machine>(&out.stdout)
+        .unwrap()
+        .id;
     let req = MachineExecRequest {
         command: Some(
             [
