@@ -943,6 +943,41 @@ async fn volume_routes_speak_flys_shapes_and_codes() {
         (StatusCode::CONFLICT, &json!("volume_attached"))
     );
 
+    // An update that drops the mount rebuilds the sandbox without it and frees the
+    // volume; one that adds it back takes it again.
+    let (status, updated) = h
+        .call(
+            Method::POST,
+            &format!("/v1/apps/demo/machines/{machine}"),
+            Some(json!({"config": {"image": "busybox:latest"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    let machine_id = MachineId::parse(&machine).unwrap();
+    assert!(
+        h.driver
+            .sandbox_spec(&machine_id)
+            .unwrap()
+            .mounts
+            .is_empty()
+    );
+    let (_, seen) = h
+        .call(Method::GET, &format!("/v1/apps/demo/volumes/{id}"), None)
+        .await;
+    assert!(seen.get("attached_machine_id").is_none(), "{seen}");
+    let (status, updated) = h
+        .call(
+            Method::POST,
+            &format!("/v1/apps/demo/machines/{machine}"),
+            Some(json!({"config": mount(&id, "/srv/data")})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(
+        h.driver.sandbox_spec(&machine_id).unwrap().mounts[0].path,
+        "/srv/data"
+    );
+
     let (status, _) = h
         .call(
             Method::DELETE,
