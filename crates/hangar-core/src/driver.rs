@@ -27,6 +27,8 @@ pub struct SandboxSpec {
     /// Read-only image layers, lowest first (the order OCI lists them).
     pub layers: Vec<PathBuf>,
     pub resources: Resources,
+    /// The machine's private interface; `None` means loopback only.
+    pub network: Option<crate::network::NetworkSpec>,
 }
 
 /// The machine's share of the host, from `config.guest`.

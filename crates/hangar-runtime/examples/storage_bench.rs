@@ -93,6 +93,7 @@ async fn bench(runs: usize) {
             memory_mb: 2048,
             ..Default::default()
         },
+        network: None,
     };
     let d = &driver;
     let mut seq = 0;

@@ -474,6 +474,7 @@ mod tests {
             machine_id: id.clone(),
             layers: vec![],
             resources: Resources::default(),
+            network: None,
         }
     }
 

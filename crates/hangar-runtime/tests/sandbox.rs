@@ -134,6 +134,7 @@ impl Env {
             machine_id: id.clone(),
             layers: vec![self.layer.path().to_path_buf()],
             resources: Resources::default(),
+            network: None,
         }
     }
 }

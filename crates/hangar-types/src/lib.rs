@@ -9,10 +9,12 @@ pub mod error;
 pub mod files;
 pub mod image;
 pub mod machine;
+pub mod network;
 pub mod storage;
 
 pub use error::{ErrorCode, ErrorResponse};
 pub use files::*;
 pub use image::*;
 pub use machine::*;
+pub use network::*;
 pub use storage::*;

@@ -15,6 +15,7 @@ mod lease;
 mod lifecycle;
 mod logs;
 mod machines;
+mod network;
 pub mod reconcile;
 
 use std::collections::HashMap;
@@ -30,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::ids::{MachineId, random_hex};
 use crate::image::ImageStore;
 use crate::model::{EventRecord, MachineRecord};
+use crate::network::{Network, NoNetwork};
 use crate::state::MachineState;
 use crate::store::{Store, StoreError};
 
@@ -73,6 +75,7 @@ pub struct Service {
     driver: Arc<dyn Driver>,
     images: Arc<dyn ImageStore>,
     options: ServiceOptions,
+    network: Arc<dyn Network>,
     locks: Mutex<HashMap<MachineId, Arc<tokio::sync::Mutex<()>>>>,
     changes: broadcast::Sender<StateChange>,
 }
@@ -84,12 +87,24 @@ impl Service {
         images: Arc<dyn ImageStore>,
         options: ServiceOptions,
     ) -> Arc<Self> {
+        Self::with_network(store, driver, images, options, Arc::new(NoNetwork))
+    }
+
+    /// [`Service::new`] with machines on a private network.
+    pub fn with_network(
+        store: Arc<dyn Store>,
+        driver: Arc<dyn Driver>,
+        images: Arc<dyn ImageStore>,
+        options: ServiceOptions,
+        network: Arc<dyn Network>,
+    ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(1024);
         Arc::new(Service {
             store,
             driver,
             images,
             options,
+            network,
             locks: Mutex::new(HashMap::new()),
             changes,
         })
@@ -149,6 +164,7 @@ impl Service {
 
     /// Moves a machine to `to`, persists it, and tells waiters.
     async fn set_state(&self, machine: &mut MachineRecord, to: MachineState) -> Result<()> {
+        let was_started = machine.state == MachineState::Started;
         machine.state = machine.state.transition(to)?;
         machine.updated_at = Utc::now();
         self.store.update_machine(machine).await?;
@@ -158,6 +174,10 @@ impl Service {
             state: to,
             instance_id: machine.instance_id.clone(),
         });
+        if was_started != (to == MachineState::Started) {
+            // `<app>.internal` lists started machines only.
+            self.sync_network_logged().await;
+        }
         Ok(())
     }
 

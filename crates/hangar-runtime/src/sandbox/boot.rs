@@ -49,6 +49,9 @@ pub(crate) struct BootConfig {
     pub log: PathBuf,
     pub pidfile: PathBuf,
     pub cgroup_procs: Vec<PathBuf>,
+    /// Bind-mounted on the machine's `/etc/resolv.conf` (the image is not changed).
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 /// Runs the boot helper and exits if this process was started as one; returns at
@@ -111,6 +114,11 @@ fn boot(config_path: &Path) -> Result<i32, String> {
     std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(ctx("securing the control socket"))?;
     let filters = seccomp::filters().map_err(ctx("building the seccomp filter"))?;
+    // Opened on the host now, mounted from its descriptor once the host's tree is gone.
+    let resolv = match &config.resolv_conf {
+        Some(p) => Some(std::fs::File::open(p).map_err(ctx("opening resolv.conf"))?),
+        None => None,
+    };
 
     // The mount namespace is the child's own (below): pivot_root moves the root of
     // every process in a namespace, and this helper must keep the host's.
@@ -128,7 +136,7 @@ fn boot(config_path: &Path) -> Result<i32, String> {
     match unsafe { fork() }.map_err(ctx("fork"))? {
         ForkResult::Child => {
             drop(err_r);
-            let err = match become_init(&config, &init, &log, &listener, &filters) {
+            let err = match become_init(&config, &init, &log, &listener, &filters, resolv.as_ref()) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -163,6 +171,7 @@ fn become_init(
     log: &std::fs::File,
     listener: &UnixListener,
     filters: &[seccompiler::BpfProgram],
+    resolv: Option<&std::fs::File>,
 ) -> Result<Never, String> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(ctx("creating the mount namespace"))?;
     // Nothing mounted from here on may propagate back to the host.
@@ -177,6 +186,9 @@ fn become_init(
     rootfs::mount_overlay(&config.lower, &config.upper, &config.work, &config.rootfs)?;
     rootfs::populate(&config.rootfs)?;
     rootfs::enter(&config.rootfs)?;
+    if let Some(resolv) = resolv {
+        rootfs::bind_resolv_conf(resolv)?;
+    }
     sethostname(&config.machine_id).map_err(ctx("setting the hostname"))?;
     rootfs::loopback_up()?;
 
