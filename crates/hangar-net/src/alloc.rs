@@ -42,13 +42,19 @@ impl Installation {
         format!("hangar_{}", self.hex(10))
     }
 
-    /// The host end of a machine's veth: `hv` and 12 hex digits of a hash of the
-    /// installation and the machine id.
+    /// The prefix of every veth of this installation, so the firewall can match
+    /// them all with one wildcard.
+    pub fn veth_prefix(&self) -> String {
+        format!("h{}", self.hex(4))
+    }
+
+    /// The host end of a machine's veth: [`Self::veth_prefix`] and 9 hex digits of a
+    /// hash of the installation and the machine id (14 bytes).
     pub fn veth_name(&self, machine_id: &str) -> String {
         let mut h = Sha256::new();
         h.update(self.0);
         h.update(machine_id.as_bytes());
-        format!("hv{}", &hex::encode(h.finalize())[..12])
+        format!("{}{}", self.veth_prefix(), &hex::encode(h.finalize())[..9])
     }
 
     /// Candidate IPv4 ranges in preference order: /16s inside 10.0.0.0/8, starting

@@ -32,6 +32,8 @@ pub struct AppRule {
 pub struct Rules {
     pub table: String,
     pub bridge: String,
+    /// Every machine veth of the installation starts with this.
+    pub port_prefix: String,
     pub range4: Ipv4Net,
     pub range6: Ipv6Net,
     pub gateway4: std::net::Ipv4Addr,
@@ -41,6 +43,9 @@ pub struct Rules {
     /// Each org's subnets.
     pub orgs: Vec<(Ipv4Net, Ipv6Net)>,
     pub apps: Vec<AppRule>,
+    /// Each machine's host-side veth and its addresses: frames from a port carry
+    /// only that machine's source addresses.
+    pub ports: Vec<(String, std::net::Ipv4Addr, std::net::Ipv6Addr)>,
 }
 
 pub fn set4(app: usize) -> String {
@@ -56,6 +61,7 @@ impl Rules {
     pub fn render(&self) -> String {
         let t = &self.table;
         let br = &self.bridge;
+        let pp = &self.port_prefix;
         let mut s = String::new();
         // Declaring before deleting makes the delete succeed on a first start.
         let _ = writeln!(s, "table inet {t} {{}}\ndelete table inet {t}");
@@ -96,9 +102,20 @@ impl Rules {
 
         let _ = writeln!(
             s,
-            "  chain forward {{\n    type filter hook forward priority filter - 10; policy accept;\n    iifname \"{br}\" oifname \"{br}\" drop\n    oifname \"{br}\" ct state established,related accept\n    oifname \"{br}\" drop\n    iifname \"{br}\" jump egress\n  }}"
+            "  chain forward {{\n    type filter hook forward priority filter - 10; policy accept;\n    iifname \"{br}\" oifname \"{br}\" jump intra\n    oifname \"{br}\" ct state established,related accept\n    oifname \"{br}\" drop\n    iifname \"{br}\" jump egress\n  }}"
         );
 
+        // Between two machines: seen here when routed through the gateway, and for
+        // bridged frames too where br_netfilter is loaded. Only within an org.
+        let _ = writeln!(
+            s,
+            "  chain intra {{\n    icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept"
+        );
+        for (v4, v6) in &self.orgs {
+            let _ = writeln!(s, "    ip saddr {v4} ip daddr {v4} accept");
+            let _ = writeln!(s, "    ip6 saddr {v6} ip6 daddr {v6} accept");
+        }
+        let _ = writeln!(s, "    drop\n  }}");
         let _ = writeln!(s, "  chain egress {{");
         for app in &self.apps {
             let i = app.index;
@@ -128,10 +145,20 @@ impl Rules {
             r6 = self.range6,
         );
 
-        // On the bridge itself: frames between two machines pass only within an org.
+        // On the bridge itself: no spoofed sources, and frames between two machines
+        // pass only within an org.
+        let src4: Vec<String> = self.ports.iter().map(|(p, a, _)| format!("\"{p}\" . {a}")).collect();
+        let src6: Vec<String> = self.ports.iter().map(|(p, _, a)| format!("\"{p}\" . {a}")).collect();
+        let _ = writeln!(s, "table bridge {t} {{");
+        set_decl(&mut s, "src4", "ifname . ipv4_addr", "constant", &src4);
+        set_decl(&mut s, "src6", "ifname . ipv6_addr", "constant", &src6);
         let _ = writeln!(
             s,
-            "table bridge {t} {{\n  chain forward {{\n    type filter hook forward priority filter - 10; policy accept;\n    meta ibrname != \"{br}\" accept\n    ether type arp accept\n    icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept"
+            "  chain prerouting {{\n    type filter hook prerouting priority filter - 10; policy accept;\n    iifname != \"{pp}*\" accept\n    ether type ip iifname . ip saddr != @src4 drop\n    ether type ip6 ip6 saddr != {{ ::, fe80::/10 }} iifname . ip6 saddr != @src6 drop\n  }}"
+        );
+        let _ = writeln!(
+            s,
+            "  chain forward {{\n    type filter hook forward priority filter - 10; policy accept;\n    iifname != \"{pp}*\" accept\n    ether type arp accept\n    icmpv6 type {{ nd-neighbor-solicit, nd-neighbor-advert }} accept"
         );
         for (v4, v6) in &self.orgs {
             let _ = writeln!(s, "    ip saddr {v4} ip daddr {v4} accept");
@@ -220,6 +247,7 @@ mod tests {
         Rules {
             table: "hangar_test".into(),
             bridge: "hgtest".into(),
+            port_prefix: "habcd".into(),
             range4: "10.9.0.0/16".parse().unwrap(),
             range6: "fd00:1:2::/48".parse().unwrap(),
             gateway4: "10.9.0.1".parse().unwrap(),
@@ -235,6 +263,11 @@ mod tests {
                 nets: vec!["192.0.2.0/24".parse().unwrap()],
                 learned: vec![("198.51.100.7".parse().unwrap(), Duration::from_secs(60))],
             }],
+            ports: vec![(
+                "habcd123".into(),
+                "10.9.1.1".parse().unwrap(),
+                "fd00:1:2:1::1".parse().unwrap(),
+            )],
         }
     }
 

@@ -222,6 +222,7 @@ impl HostNetwork {
         Rules {
             table: self.table.clone(),
             bridge: self.bridge.clone(),
+            port_prefix: self.inst.veth_prefix(),
             range4: self.plan.v4,
             range6: self.plan.v6,
             gateway4: self.plan.gateway4(),
@@ -229,6 +230,11 @@ impl HostNetwork {
             dns_port: 53,
             orgs,
             apps,
+            ports: view
+                .machines
+                .iter()
+                .map(|m| (self.inst.veth_name(m.machine_id.as_str()), m.ipv4, m.ipv6))
+                .collect(),
         }
     }
 }

@@ -114,11 +114,6 @@ fn boot(config_path: &Path) -> Result<i32, String> {
     std::fs::set_permissions(&config.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(ctx("securing the control socket"))?;
     let filters = seccomp::filters().map_err(ctx("building the seccomp filter"))?;
-    // Opened on the host now, mounted from its descriptor once the host's tree is gone.
-    let resolv = match &config.resolv_conf {
-        Some(p) => Some(std::fs::File::open(p).map_err(ctx("opening resolv.conf"))?),
-        None => None,
-    };
 
     // The mount namespace is the child's own (below): pivot_root moves the root of
     // every process in a namespace, and this helper must keep the host's.
@@ -136,7 +131,7 @@ fn boot(config_path: &Path) -> Result<i32, String> {
     match unsafe { fork() }.map_err(ctx("fork"))? {
         ForkResult::Child => {
             drop(err_r);
-            let err = match become_init(&config, &init, &log, &listener, &filters, resolv.as_ref()) {
+            let err = match become_init(&config, &init, &log, &listener, &filters) {
                 Err(e) => e,
                 Ok(never) => match never {},
             };
@@ -171,7 +166,6 @@ fn become_init(
     log: &std::fs::File,
     listener: &UnixListener,
     filters: &[seccompiler::BpfProgram],
-    resolv: Option<&std::fs::File>,
 ) -> Result<Never, String> {
     unshare(CloneFlags::CLONE_NEWNS).map_err(ctx("creating the mount namespace"))?;
     // Nothing mounted from here on may propagate back to the host.
@@ -185,10 +179,10 @@ fn become_init(
     .map_err(ctx("making the mount namespace private"))?;
     rootfs::mount_overlay(&config.lower, &config.upper, &config.work, &config.rootfs)?;
     rootfs::populate(&config.rootfs)?;
-    rootfs::enter(&config.rootfs)?;
-    if let Some(resolv) = resolv {
-        rootfs::bind_resolv_conf(resolv)?;
+    if let Some(resolv) = &config.resolv_conf {
+        rootfs::bind_resolv_conf(&config.rootfs, resolv)?;
     }
+    rootfs::enter(&config.rootfs)?;
     sethostname(&config.machine_id).map_err(ctx("setting the hostname"))?;
     rootfs::loopback_up()?;
 

@@ -191,18 +191,17 @@ pub fn enter(root: &Path) -> Result<(), StepError> {
     Ok(())
 }
 
-/// Bind-mounts `file` (open on the host's hangar-written resolv.conf) on
-/// `/etc/resolv.conf`, the way container runtimes do, after `enter`: every path here
-/// resolves inside the machine, so a symlink in the image cannot point the mount at
-/// the host. A symlink or missing file is replaced by an empty file in the writable
-/// layer; the image's layers are not touched.
-pub fn bind_resolv_conf(file: &std::fs::File) -> Result<(), StepError> {
-    use std::os::fd::AsRawFd;
-    let etc = Path::new("/etc");
-    match std::fs::symlink_metadata(etc) {
+/// Bind-mounts `source` (hangar's resolv.conf for the machine) on the image's
+/// `/etc/resolv.conf` under `root`, read-only, the way container runtimes do. Runs
+/// before `enter`, so every path is checked not to be a symlink: an image cannot
+/// point the mount at the host. A symlink or missing file is replaced by an empty
+/// file in the writable layer; the image's layers are not touched.
+pub fn bind_resolv_conf(root: &Path, source: &Path) -> Result<(), StepError> {
+    let etc = root.join("etc");
+    match std::fs::symlink_metadata(&etc) {
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err("/etc in the image is not a directory".into()),
-        Err(_) => mkdir_p(etc)?,
+        Err(_) => mkdir_p(&etc)?,
     }
     let target = etc.join("resolv.conf");
     match std::fs::symlink_metadata(&target) {
@@ -216,9 +215,8 @@ pub fn bind_resolv_conf(file: &std::fs::File) -> Result<(), StepError> {
             std::fs::File::create(&target).map_err(ctx("creating /etc/resolv.conf"))?;
         }
     }
-    let source = format!("/proc/self/fd/{}", file.as_raw_fd());
     bind(
-        Path::new(&source),
+        source,
         &target,
         MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
     )
