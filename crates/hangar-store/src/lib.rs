@@ -650,4 +650,40 @@ mod tests {
             Err(StoreError::Conflict)
         ));
     }
+
+    #[tokio::test]
+    async fn addresses_are_lowest_free_per_org_and_reused_after_release() {
+        let (_dir, store) = store().await;
+        let id = |n: u8| MachineId::parse(&format!("{n:014x}")).unwrap();
+        let a = store.allocate_address(&id(1), "web", "acme", 3, 2).await.unwrap().unwrap();
+        let b = store.allocate_address(&id(2), "web", "acme", 3, 2).await.unwrap().unwrap();
+        let c = store.allocate_address(&id(3), "db", "other", 3, 2).await.unwrap().unwrap();
+        assert_eq!((a.slot, a.host), (1, 1));
+        assert_eq!((b.slot, b.host), (1, 2));
+        assert_eq!((c.slot, c.host), (2, 1));
+        // Asking again gives the same address; a full org gets none.
+        assert_eq!(store.allocate_address(&id(1), "web", "acme", 3, 2).await.unwrap(), Some(a.clone()));
+        assert_eq!(store.allocate_address(&id(4), "web", "acme", 3, 2).await.unwrap(), None);
+        store.release_address(&id(1)).await.unwrap();
+        let d = store.allocate_address(&id(4), "web", "acme", 3, 2).await.unwrap().unwrap();
+        assert_eq!((d.slot, d.host), (1, 1));
+        assert_eq!(store.list_addresses().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn network_settings_keep_the_first_value() {
+        let (_dir, store) = store().await;
+        assert_eq!(store.network_setting_or_insert("k", "one").await.unwrap(), "one");
+        assert_eq!(store.network_setting_or_insert("k", "two").await.unwrap(), "one");
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lowest_free_is_the_smallest_gap(mut taken in proptest::collection::btree_set(1i64..40, 0..40), max in 1u32..45) {
+            let taken: Vec<i64> = std::mem::take(&mut taken).into_iter().collect();
+            let got = super::lowest_free(&taken, max);
+            let want = (1..=i64::from(max)).find(|n| !taken.contains(n));
+            proptest::prop_assert_eq!(got, want);
+        }
+    }
 }
