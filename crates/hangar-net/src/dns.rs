@@ -336,6 +336,63 @@ mod tests {
         assert_eq!(r.response_code(), ResponseCode::Refused);
     }
 
+    struct Seen(std::sync::Mutex<Vec<(usize, Vec<(IpAddr, Duration)>)>>);
+    impl Learner for Seen {
+        fn learned(&self, app: usize, addrs: Vec<(IpAddr, Duration)>) {
+            self.0.lock().unwrap().push((app, addrs));
+        }
+    }
+
+    /// An upstream on loopback answering every A query with 192.0.2.7.
+    async fn fake_upstream() -> SocketAddr {
+        let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = sock.local_addr().unwrap();
+        tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            while let Ok((n, peer)) = sock.recv_from(&mut buf).await {
+                let q = Message::from_vec(&buf[..n]).unwrap();
+                let mut r = Message::new();
+                r.set_id(q.id()).set_message_type(MessageType::Response);
+                let query = q.queries()[0].clone();
+                r.add_answer(Record::from_rdata(
+                    query.name().clone(),
+                    30,
+                    RData::A(A(Ipv4Addr::new(192, 0, 2, 7))),
+                ));
+                r.add_query(query);
+                let _ = sock.send_to(&r.to_vec().unwrap(), peer).await;
+            }
+        });
+        addr
+    }
+
+    #[tokio::test]
+    async fn answers_for_allowed_domains_feed_the_apps_set_before_the_reply() {
+        let mut s = server();
+        s.upstreams = vec![fake_upstream().await];
+        let learned = Arc::new(Seen(std::sync::Mutex::new(Vec::new())));
+        s.learner = learned.clone();
+        s.directory
+            .write()
+            .unwrap()
+            .allow_domains
+            .insert("web".into(), (vec!["example.com".into()], 4));
+
+        let r = ask(&s, 1, "api.example.com", RecordType::A).await;
+        assert_eq!(r.answers().len(), 1, "the upstream's answer is passed on");
+        {
+            let got = learned.0.lock().unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].0, 4);
+            assert_eq!(got[0].1[0].0, IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7)));
+            assert!(got[0].1[0].1 >= MIN_LEARNED);
+        }
+        // A name not on the list, or an app without a list, learns nothing.
+        ask(&s, 1, "other.org", RecordType::A).await;
+        ask(&s, 3, "api.example.com", RecordType::A).await;
+        assert_eq!(learned.0.lock().unwrap().len(), 1);
+    }
+
     #[test]
     fn resolv_conf_and_domains() {
         let ups = parse_resolv_conf("# x\nnameserver 10.1.2.3\nnameserver fe80::1%eth0\nsearch a\n");
