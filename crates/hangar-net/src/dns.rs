@@ -65,7 +65,9 @@ pub fn parse_resolv_conf(text: &str) -> Vec<SocketAddr> {
     text.lines()
         .filter_map(|l| {
             let mut words = l.split_whitespace();
-            (words.next() == Some("nameserver")).then(|| words.next()).flatten()
+            (words.next() == Some("nameserver"))
+                .then(|| words.next())
+                .flatten()
         })
         .filter_map(|a| a.split('%').next()?.parse::<IpAddr>().ok())
         .map(|ip| SocketAddr::new(ip, 53))
@@ -228,15 +230,17 @@ impl DnsServer {
 
     fn learn(&self, app: &str, name: &str, answer: &[u8]) {
         let index = {
-            let Ok(dir) = self.directory.read() else { return };
+            let Ok(dir) = self.directory.read() else {
+                return;
+            };
             match dir.allow_domains.get(app) {
-                Some((domains, index)) if domains.iter().any(|d| domain_matches(name, d)) => {
-                    *index
-                }
+                Some((domains, index)) if domains.iter().any(|d| domain_matches(name, d)) => *index,
                 _ => return,
             }
         };
-        let Ok(msg) = Message::from_vec(answer) else { return };
+        let Ok(msg) = Message::from_vec(answer) else {
+            return;
+        };
         let addrs: Vec<(IpAddr, Duration)> = msg
             .answers()
             .iter()
@@ -336,7 +340,8 @@ mod tests {
         assert_eq!(r.response_code(), ResponseCode::Refused);
     }
 
-    struct Seen(std::sync::Mutex<Vec<(usize, Vec<(IpAddr, Duration)>)>>);
+    type Learned = Vec<(usize, Vec<(IpAddr, Duration)>)>;
+    struct Seen(std::sync::Mutex<Learned>);
     impl Learner for Seen {
         fn learned(&self, app: usize, addrs: Vec<(IpAddr, Duration)>) {
             self.0.lock().unwrap().push((app, addrs));
@@ -395,7 +400,8 @@ mod tests {
 
     #[test]
     fn resolv_conf_and_domains() {
-        let ups = parse_resolv_conf("# x\nnameserver 10.1.2.3\nnameserver fe80::1%eth0\nsearch a\n");
+        let ups =
+            parse_resolv_conf("# x\nnameserver 10.1.2.3\nnameserver fe80::1%eth0\nsearch a\n");
         assert_eq!(ups.len(), 2);
         assert!(domain_matches("api.example.com", "example.com"));
         assert!(domain_matches("example.com", "Example.COM."));

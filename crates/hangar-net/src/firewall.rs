@@ -77,8 +77,20 @@ impl Rules {
                     IpNet::V6(n) => n6.push(n.to_string()),
                 }
             }
-            set_decl(&mut s, &format!("app{i}_net4"), "ipv4_addr", "interval", &n4);
-            set_decl(&mut s, &format!("app{i}_net6"), "ipv6_addr", "interval", &n6);
+            set_decl(
+                &mut s,
+                &format!("app{i}_net4"),
+                "ipv4_addr",
+                "interval",
+                &n4,
+            );
+            set_decl(
+                &mut s,
+                &format!("app{i}_net6"),
+                "ipv6_addr",
+                "interval",
+                &n6,
+            );
             let (mut l4, mut l6) = (Vec::new(), Vec::new());
             for (addr, left) in &app.learned {
                 let e = format!("{addr} timeout {}s", left.as_secs().max(1));
@@ -147,8 +159,16 @@ impl Rules {
 
         // On the bridge itself: no spoofed sources, and frames between two machines
         // pass only within an org.
-        let src4: Vec<String> = self.ports.iter().map(|(p, a, _)| format!("\"{p}\" . {a}")).collect();
-        let src6: Vec<String> = self.ports.iter().map(|(p, _, a)| format!("\"{p}\" . {a}")).collect();
+        let src4: Vec<String> = self
+            .ports
+            .iter()
+            .map(|(p, a, _)| format!("\"{p}\" . {a}"))
+            .collect();
+        let src6: Vec<String> = self
+            .ports
+            .iter()
+            .map(|(p, _, a)| format!("\"{p}\" . {a}"))
+            .collect();
         let _ = writeln!(s, "table bridge {t} {{");
         set_decl(&mut s, "src4", "ifname . ipv4_addr", "constant", &src4);
         set_decl(&mut s, "src6", "ifname . ipv6_addr", "constant", &src6);
@@ -212,11 +232,7 @@ pub fn nft(script: &str) -> Result<(), NetError> {
 }
 
 /// Adds addresses learned from DNS to an app's timeout sets.
-pub fn add_learned(
-    table: &str,
-    app: usize,
-    addrs: &[(IpAddr, Duration)],
-) -> Result<(), NetError> {
+pub fn add_learned(table: &str, app: usize, addrs: &[(IpAddr, Duration)]) -> Result<(), NetError> {
     let mut s = String::new();
     for (addr, ttl) in addrs {
         let set = if addr.is_ipv4() { set4(app) } else { set6(app) };
@@ -259,7 +275,10 @@ mod tests {
             )],
             apps: vec![AppRule {
                 index: 0,
-                machines: vec!["10.9.1.1".parse().unwrap(), "fd00:1:2:1::1".parse().unwrap()],
+                machines: vec![
+                    "10.9.1.1".parse().unwrap(),
+                    "fd00:1:2:1::1".parse().unwrap(),
+                ],
                 nets: vec!["192.0.2.0/24".parse().unwrap()],
                 learned: vec![("198.51.100.7".parse().unwrap(), Duration::from_secs(60))],
             }],
@@ -295,10 +314,17 @@ mod tests {
             .stderr(Stdio::piped())
             .spawn()
             .and_then(|mut c| {
-                c.stdin.take().unwrap().write_all(rules().render().as_bytes())?;
+                c.stdin
+                    .take()
+                    .unwrap()
+                    .write_all(rules().render().as_bytes())?;
                 c.wait_with_output()
             })
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 }

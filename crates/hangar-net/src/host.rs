@@ -88,8 +88,16 @@ impl HostNetwork {
                 let used = host_networks(&handle).await?;
                 let free = inst
                     .ipv4_candidates()
-                    .find(|c| !used.iter().any(|u| u.contains(&c.network()) || c.contains(&u.network())))
-                    .ok_or_else(|| NetError::Config("no free /16 left in 10.0.0.0/8; pass --private-ipv4-range".into()))?;
+                    .find(|c| {
+                        !used
+                            .iter()
+                            .any(|u| u.contains(&c.network()) || c.contains(&u.network()))
+                    })
+                    .ok_or_else(|| {
+                        NetError::Config(
+                            "no free /16 left in 10.0.0.0/8; pass --private-ipv4-range".into(),
+                        )
+                    })?;
                 store
                     .network_setting_or_insert("ipv4_range", &free.to_string())
                     .await
@@ -119,7 +127,9 @@ impl HostNetwork {
         });
         let upstreams = match opts.upstreams {
             Some(u) => u,
-            None => dns::parse_resolv_conf(&std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default()),
+            None => dns::parse_resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            ),
         };
         let server = Arc::new(DnsServer {
             directory: directory.clone(),
@@ -216,7 +226,9 @@ impl HostNetwork {
         let mut orgs: Vec<_> = view
             .orgs
             .iter()
-            .filter_map(|(_, slot)| Some((self.plan.org_subnet4(*slot)?, self.plan.org_subnet6(*slot)?)))
+            .filter_map(|(_, slot)| {
+                Some((self.plan.org_subnet4(*slot)?, self.plan.org_subnet6(*slot)?))
+            })
             .collect();
         orgs.sort();
         Rules {
@@ -295,7 +307,12 @@ impl Network for HostNetwork {
                 .iter()
                 .filter(|(_, _, p)| p.policy == EgressMode::Allowlist)
                 .map(|(app, _, p)| {
-                    let domains = p.allow.iter().filter(|a| parse_net(a).is_none()).cloned().collect();
+                    let domains = p
+                        .allow
+                        .iter()
+                        .filter(|a| parse_net(a).is_none())
+                        .cloned()
+                        .collect();
                     (app.clone(), (domains, self.index(app)))
                 })
                 .collect();
@@ -373,7 +390,9 @@ fn which(tool: &str) -> Result<(), NetError> {
     if found {
         Ok(())
     } else {
-        Err(NetError::Config(format!("{tool} is not installed (install the nftables package)")))
+        Err(NetError::Config(format!(
+            "{tool} is not installed (install the nftables package)"
+        )))
     }
 }
 
@@ -405,17 +424,24 @@ async fn host_networks(handle: &rtnetlink::Handle) -> Result<Vec<Ipv4Net>, NetEr
 /// themselves.
 fn enable_forwarding() {
     let path = "/proc/sys/net/ipv4/ip_forward";
-    if std::fs::read_to_string(path).map(|s| s.trim() == "0").unwrap_or(false) {
+    if std::fs::read_to_string(path)
+        .map(|s| s.trim() == "0")
+        .unwrap_or(false)
+    {
         match std::fs::write(path, "1") {
             Ok(()) => tracing::info!("enabled IPv4 forwarding for machine egress"),
-            Err(e) => tracing::warn!(error = %e, "could not enable IPv4 forwarding: machines have no egress"),
+            Err(e) => {
+                tracing::warn!(error = %e, "could not enable IPv4 forwarding: machines have no egress")
+            }
         }
     }
     if std::fs::read_to_string("/proc/sys/net/ipv6/conf/all/forwarding")
         .map(|s| s.trim() == "0")
         .unwrap_or(false)
     {
-        tracing::info!("IPv6 forwarding is off on this host: machines reach the outside over IPv4 only");
+        tracing::info!(
+            "IPv6 forwarding is off on this host: machines reach the outside over IPv4 only"
+        );
     }
 }
 
@@ -432,7 +458,13 @@ mod tests {
 
     #[test]
     fn policies_are_checked() {
-        assert!(validate(&p(EgressMode::Allowlist, &["1.2.3.0/24", "2001:db8::/32", "example.com", "9.9.9.9"])).is_ok());
+        assert!(
+            validate(&p(
+                EgressMode::Allowlist,
+                &["1.2.3.0/24", "2001:db8::/32", "example.com", "9.9.9.9"]
+            ))
+            .is_ok()
+        );
         assert!(validate(&p(EgressMode::Allowlist, &["not a name"])).is_err());
         assert!(validate(&p(EgressMode::Allowlist, &["-bad.com"])).is_err());
         assert!(validate(&p(EgressMode::Deny, &["1.2.3.0/24"])).is_err());

@@ -13,7 +13,9 @@ use hangar_core::network::NetworkSpec;
 use rtnetlink::packet_route::address::{AddressAttribute, AddressFlags};
 use rtnetlink::packet_route::link::{InfoData, InfoVeth};
 use rtnetlink::sys::{Socket, TokioSocket, protocols::NETLINK_ROUTE};
-use rtnetlink::{Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
+use rtnetlink::{
+    Handle, LinkBridge, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
 
 use crate::NetError;
 
@@ -107,7 +109,12 @@ pub async fn ensure_bridge(
     let index = match index_of(handle, name).await? {
         Some(i) => i,
         None => {
-            match handle.link().add(LinkBridge::new(name).build()).execute().await {
+            match handle
+                .link()
+                .add(LinkBridge::new(name).build())
+                .execute()
+                .await
+            {
                 Ok(()) => {}
                 Err(e) if is_errno(&e, libc::EEXIST) => {}
                 Err(e) => return Err(nl("creating the bridge")(e)),

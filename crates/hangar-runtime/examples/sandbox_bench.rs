@@ -64,6 +64,7 @@ async fn bench(runs: usize) {
         machine_id: id.clone(),
         layers: vec![layer.path().to_path_buf()],
         resources: Resources::default(),
+        network: None,
     };
 
     let mut creates = Vec::new();

@@ -336,12 +336,14 @@ impl Store for SqliteStore {
     }
 
     async fn network_setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
-        sqlx::query("INSERT INTO network_settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING")
-            .bind(key)
-            .bind(value)
-            .execute(&self.pool)
-            .await
-            .map_err(backend)?;
+        sqlx::query(
+            "INSERT INTO network_settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
         let row = sqlx::query("SELECT value FROM network_settings WHERE key = ?")
             .bind(key)
             .fetch_one(&self.pool)
@@ -364,20 +366,25 @@ impl Store for SqliteStore {
         // One writer at a time: BEGIN IMMEDIATE takes SQLite's write lock up front, so
         // two creates never pick the same free host.
         let mut conn = self.pool.acquire().await.map_err(backend)?;
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await.map_err(backend)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
         let result = async {
-            let slot: Option<i64> = sqlx::query_scalar("SELECT slot FROM network_orgs WHERE org = ?")
-                .bind(org)
-                .fetch_optional(&mut *conn)
-                .await
-                .map_err(backend)?;
+            let slot: Option<i64> =
+                sqlx::query_scalar("SELECT slot FROM network_orgs WHERE org = ?")
+                    .bind(org)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(backend)?;
             let slot = match slot {
                 Some(slot) => slot,
                 None => {
-                    let taken: Vec<i64> = sqlx::query_scalar("SELECT slot FROM network_orgs ORDER BY slot")
-                        .fetch_all(&mut *conn)
-                        .await
-                        .map_err(backend)?;
+                    let taken: Vec<i64> =
+                        sqlx::query_scalar("SELECT slot FROM network_orgs ORDER BY slot")
+                            .fetch_all(&mut *conn)
+                            .await
+                            .map_err(backend)?;
                     let Some(free) = lowest_free(&taken, max_slot) else {
                         return Ok(None);
                     };
@@ -390,23 +397,26 @@ impl Store for SqliteStore {
                     free
                 }
             };
-            let taken: Vec<i64> =
-                sqlx::query_scalar("SELECT host FROM network_addresses WHERE org = ? ORDER BY host")
-                    .bind(org)
-                    .fetch_all(&mut *conn)
-                    .await
-                    .map_err(backend)?;
+            let taken: Vec<i64> = sqlx::query_scalar(
+                "SELECT host FROM network_addresses WHERE org = ? ORDER BY host",
+            )
+            .bind(org)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
             let Some(host) = lowest_free(&taken, max_host) else {
                 return Ok(None);
             };
-            sqlx::query("INSERT INTO network_addresses (machine_id, app, org, host) VALUES (?, ?, ?, ?)")
-                .bind(machine.as_str())
-                .bind(app)
-                .bind(org)
-                .bind(host)
-                .execute(&mut *conn)
-                .await
-                .map_err(backend)?;
+            sqlx::query(
+                "INSERT INTO network_addresses (machine_id, app, org, host) VALUES (?, ?, ?, ?)",
+            )
+            .bind(machine.as_str())
+            .bind(app)
+            .bind(org)
+            .bind(host)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
             Ok(Some(AddressRecord {
                 machine_id: machine.clone(),
                 app: app.to_string(),
@@ -417,7 +427,10 @@ impl Store for SqliteStore {
         }
         .await;
         let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
-        sqlx::query(end).execute(&mut *conn).await.map_err(backend)?;
+        sqlx::query(end)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
         result
     }
 
@@ -477,7 +490,12 @@ impl Store for SqliteStore {
             .await
             .map_err(backend)?;
         rows.iter()
-            .map(|r| Ok((r.try_get("app").map_err(backend)?, r.try_get("policy").map_err(backend)?)))
+            .map(|r| {
+                Ok((
+                    r.try_get("app").map_err(backend)?,
+                    r.try_get("policy").map_err(backend)?,
+                ))
+            })
             .collect()
     }
 }
@@ -655,17 +673,45 @@ mod tests {
     async fn addresses_are_lowest_free_per_org_and_reused_after_release() {
         let (_dir, store) = store().await;
         let id = |n: u8| MachineId::parse(&format!("{n:014x}")).unwrap();
-        let a = store.allocate_address(&id(1), "web", "acme", 3, 2).await.unwrap().unwrap();
-        let b = store.allocate_address(&id(2), "web", "acme", 3, 2).await.unwrap().unwrap();
-        let c = store.allocate_address(&id(3), "db", "other", 3, 2).await.unwrap().unwrap();
+        let a = store
+            .allocate_address(&id(1), "web", "acme", 3, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = store
+            .allocate_address(&id(2), "web", "acme", 3, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let c = store
+            .allocate_address(&id(3), "db", "other", 3, 2)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((a.slot, a.host), (1, 1));
         assert_eq!((b.slot, b.host), (1, 2));
         assert_eq!((c.slot, c.host), (2, 1));
         // Asking again gives the same address; a full org gets none.
-        assert_eq!(store.allocate_address(&id(1), "web", "acme", 3, 2).await.unwrap(), Some(a.clone()));
-        assert_eq!(store.allocate_address(&id(4), "web", "acme", 3, 2).await.unwrap(), None);
+        assert_eq!(
+            store
+                .allocate_address(&id(1), "web", "acme", 3, 2)
+                .await
+                .unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(
+            store
+                .allocate_address(&id(4), "web", "acme", 3, 2)
+                .await
+                .unwrap(),
+            None
+        );
         store.release_address(&id(1)).await.unwrap();
-        let d = store.allocate_address(&id(4), "web", "acme", 3, 2).await.unwrap().unwrap();
+        let d = store
+            .allocate_address(&id(4), "web", "acme", 3, 2)
+            .await
+            .unwrap()
+            .unwrap();
         assert_eq!((d.slot, d.host), (1, 1));
         assert_eq!(store.list_addresses().await.unwrap().len(), 3);
     }
@@ -673,8 +719,14 @@ mod tests {
     #[tokio::test]
     async fn network_settings_keep_the_first_value() {
         let (_dir, store) = store().await;
-        assert_eq!(store.network_setting_or_insert("k", "one").await.unwrap(), "one");
-        assert_eq!(store.network_setting_or_insert("k", "two").await.unwrap(), "one");
+        assert_eq!(
+            store.network_setting_or_insert("k", "one").await.unwrap(),
+            "one"
+        );
+        assert_eq!(
+            store.network_setting_or_insert("k", "two").await.unwrap(),
+            "one"
+        );
     }
 
     proptest::proptest! {

@@ -149,8 +149,9 @@ async fn private_network(
         .private_ipv4_range
         .as_deref()
         .map(|r| {
-            r.parse::<ipnet::Ipv4Net>()
-                .with_context(|| format!("--private-ipv4-range {r:?} is not a CIDR like 10.42.0.0/16"))
+            r.parse::<ipnet::Ipv4Net>().with_context(|| {
+                format!("--private-ipv4-range {r:?} is not a CIDR like 10.42.0.0/16")
+            })
         })
         .transpose()?;
     let upstreams = args
@@ -161,7 +162,10 @@ async fn private_network(
                 .map(|u| {
                     let u = u.trim();
                     u.parse::<SocketAddr>()
-                        .or_else(|_| u.parse::<std::net::IpAddr>().map(|ip| SocketAddr::new(ip, 53)))
+                        .or_else(|_| {
+                            u.parse::<std::net::IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
                         .with_context(|| format!("--dns-upstream {u:?} is not an IP or IP:PORT"))
                 })
                 .collect::<Result<Vec<_>>>()

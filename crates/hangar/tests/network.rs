@@ -30,13 +30,18 @@ fn unique(prefix: &str) -> String {
 
 /// A web server machine answering `hello from <app>` on port 8080.
 fn web(app: &str) -> hangar_types::MachineConfig {
-    let script = format!("mkdir -p /www && echo hello from {app} > /www/index.html && exec httpd -f -p 8080 -h /www");
+    let script = format!(
+        "mkdir -p /www && echo hello from {app} > /www/index.html && exec httpd -f -p 8080 -h /www"
+    );
     busybox(&["sh", "-c", &script])
 }
 
 async fn ipv4_of(client: &Client, app: &str, id: &str) -> Ipv4Addr {
     let m = client.get_machine(app, id).await.unwrap();
-    m.private_ipv4.expect("a private IPv4 address").parse().unwrap()
+    m.private_ipv4
+        .expect("a private IPv4 address")
+        .parse()
+        .unwrap()
 }
 
 /// A shell snippet fetching `/` from `host:port` over HTTP (busybox's nc: its wget
@@ -61,11 +66,16 @@ async fn wait_serving(client: &Client, app: &str, id: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_org_talks_other_orgs_and_the_host_stay_out() {
     let web_app = unique("web");
-    let Some((daemon, client)) = setup(&web_app).await else { return };
+    let Some((daemon, client)) = setup(&web_app).await else {
+        return;
+    };
     let peer_app = unique("peer");
     client.create_app(&peer_app, None).await.unwrap();
     let other_app = unique("spy");
-    client.create_app(&other_app, Some(&unique("org"))).await.unwrap();
+    client
+        .create_app(&other_app, Some(&unique("org")))
+        .await
+        .unwrap();
 
     let server = launch(&client, &web_app, web(&web_app)).await;
     let peer = launch(&client, &peer_app, busybox(&["sleep", "inf"])).await;
@@ -84,22 +94,64 @@ async fn one_org_talks_other_orgs_and_the_host_stay_out() {
     let page = sh(&client, &peer_app, &peer, &get(&v6.to_string(), 8080)).await;
     assert_eq!(page.trim(), format!("hello from {web_app}"));
     sh(&client, &peer_app, &peer, &format!("ping -c 1 -W 5 {v4}")).await;
-    let names = sh(&client, &peer_app, &peer, &format!("nslookup {web_app}.internal")).await;
-    assert!(names.contains(&v4.to_string()) || names.contains(&v6.to_string()), "{names}");
-    let page = sh(&client, &peer_app, &peer, &get(&format!("{web_app}.internal"), 8080)).await;
+    let names = sh(
+        &client,
+        &peer_app,
+        &peer,
+        &format!("nslookup {web_app}.internal"),
+    )
+    .await;
+    assert!(
+        names.contains(&v4.to_string()) || names.contains(&v6.to_string()),
+        "{names}"
+    );
+    let page = sh(
+        &client,
+        &peer_app,
+        &peer,
+        &get(&format!("{web_app}.internal"), 8080),
+    )
+    .await;
     assert_eq!(page.trim(), format!("hello from {web_app}"));
-    let vm = sh(&client, &peer_app, &peer, &format!("nslookup {server}.vm.{web_app}.internal")).await;
-    assert!(vm.contains(&v4.to_string()) || vm.contains(&v6.to_string()), "{vm}");
-    let apps = sh(&client, &peer_app, &peer, "nslookup -type=txt _apps.internal").await;
-    assert!(apps.contains(&web_app) && apps.contains(&peer_app) && !apps.contains(&other_app), "{apps}");
+    let vm = sh(
+        &client,
+        &peer_app,
+        &peer,
+        &format!("nslookup {server}.vm.{web_app}.internal"),
+    )
+    .await;
+    assert!(
+        vm.contains(&v4.to_string()) || vm.contains(&v6.to_string()),
+        "{vm}"
+    );
+    let apps = sh(
+        &client,
+        &peer_app,
+        &peer,
+        "nslookup -type=txt _apps.internal",
+    )
+    .await;
+    assert!(
+        apps.contains(&web_app) && apps.contains(&peer_app) && !apps.contains(&other_app),
+        "{apps}"
+    );
 
     // Another org: neither the address nor the name.
     let (code, out) = run(&client, &other_app, &spy, &get(&v4.to_string(), 8080)).await;
     assert_ne!(code, 0, "another org reached the server: {out}");
     let (code, out) = run(&client, &other_app, &spy, &get(&v6.to_string(), 8080)).await;
     assert_ne!(code, 0, "another org reached the server over IPv6: {out}");
-    let (code, out) = run(&client, &other_app, &spy, &format!("nslookup {web_app}.internal")).await;
-    assert!(code != 0 || !out.contains(&v4.to_string()), "another org resolved the name: {out}");
+    let (code, out) = run(
+        &client,
+        &other_app,
+        &spy,
+        &format!("nslookup {web_app}.internal"),
+    )
+    .await;
+    assert!(
+        code != 0 || !out.contains(&v4.to_string()),
+        "another org resolved the name: {out}"
+    );
 
     // The host: a listener on the gateway address, one on every address, and the API.
     let on_gateway = TcpListener::bind((gw, 0)).unwrap();
@@ -110,17 +162,31 @@ async fn one_org_talks_other_orgs_and_the_host_stay_out() {
         everywhere.local_addr().unwrap().port(),
         api_port,
     ] {
-        let (code, out) = run(&client, &peer_app, &peer, &format!("nc -w 3 {gw} {port} </dev/null")).await;
+        let (code, out) = run(
+            &client,
+            &peer_app,
+            &peer,
+            &format!("nc -w 3 {gw} {port} </dev/null"),
+        )
+        .await;
         assert_ne!(code, 0, "a machine reached the host's port {port}: {out}");
     }
     // ...while the same probe does reach a machine of its org (the probe works).
-    sh(&client, &peer_app, &peer, &format!("nc -w 3 {v4} 8080 </dev/null")).await;
+    sh(
+        &client,
+        &peer_app,
+        &peer,
+        &format!("nc -w 3 {v4} 8080 </dev/null"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn addresses_survive_a_daemon_restart_and_destroy_leaves_no_veth() {
     let app = unique("keep");
-    let Some((mut daemon, client)) = setup(&app).await else { return };
+    let Some((mut daemon, client)) = setup(&app).await else {
+        return;
+    };
     let peer_app = unique("keep-peer");
     client.create_app(&peer_app, None).await.unwrap();
     let server = launch(&client, &app, web(&app)).await;
@@ -132,16 +198,31 @@ async fn addresses_survive_a_daemon_restart_and_destroy_leaves_no_veth() {
     daemon.spawn();
     let client = daemon.client();
     let after = client.get_machine(&app, &server).await.unwrap();
-    assert_eq!((&before.private_ip, &before.private_ipv4), (&after.private_ip, &after.private_ipv4));
-    let page = sh(&client, &peer_app, &peer, &get(&format!("{app}.internal"), 8080)).await;
+    assert_eq!(
+        (&before.private_ip, &before.private_ipv4),
+        (&after.private_ip, &after.private_ipv4)
+    );
+    let page = sh(
+        &client,
+        &peer_app,
+        &peer,
+        &get(&format!("{app}.internal"), 8080),
+    )
+    .await;
     assert_eq!(page.trim(), format!("hello from {app}"));
 
     // Stop and start keep the address too.
-    client.stop_machine(&app, &server, &Default::default()).await.unwrap();
+    client
+        .stop_machine(&app, &server, &Default::default())
+        .await
+        .unwrap();
     client.wait(&app, &server, "stopped", 30).await.unwrap();
     client.start_machine(&app, &server).await.unwrap();
     client.wait(&app, &server, "started", 30).await.unwrap();
-    assert_eq!(client.get_machine(&app, &server).await.unwrap().private_ip, before.private_ip);
+    assert_eq!(
+        client.get_machine(&app, &server).await.unwrap().private_ip,
+        before.private_ip
+    );
 
     let veth = hangar_net::alloc::Installation::from_data_dir(daemon.data_dir()).veth_name(&server);
     assert!(link_exists(&veth), "the machine has its veth {veth}");
@@ -178,11 +259,27 @@ impl Outside {
             assert!(ok, "ip {args:?}");
         };
         ip(&["netns", "add", &ns]);
-        let mut outside = Outside { ns: ns.clone(), host_if: host_if.clone(), addr, server: None, _www: www };
-        ip(&["link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns]);
+        let mut outside = Outside {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            addr,
+            server: None,
+            _www: www,
+        };
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", "eth0", "netns", &ns,
+        ]);
         ip(&["addr", "add", &format!("{host_addr}/30"), "dev", &host_if]);
         ip(&["link", "set", &host_if, "up"]);
-        ip(&["-n", &ns, "addr", "add", &format!("{addr}/30"), "dev", "eth0"]);
+        ip(&[
+            "-n",
+            &ns,
+            "addr",
+            "add",
+            &format!("{addr}/30"),
+            "dev",
+            "eth0",
+        ]);
         ip(&["-n", &ns, "link", "set", "eth0", "up"]);
         ip(&["-n", &ns, "link", "set", "lo", "up"]);
         outside.server = Some(
@@ -205,7 +302,9 @@ impl Drop for Outside {
             let _ = s.kill();
             let _ = s.wait();
         }
-        let _ = Command::new("ip").args(["link", "del", &self.host_if]).status();
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .status();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
     }
 }
@@ -217,32 +316,55 @@ async fn egress_policy_applies_to_running_machines() {
     }
     let outside = Outside::start();
     let app = unique("egress");
-    let Some((_daemon, client)) = setup(&app).await else { return };
+    let Some((_daemon, client)) = setup(&app).await else {
+        return;
+    };
     let m = launch(&client, &app, busybox(&["sleep", "inf"])).await;
     let fetch = get(&outside.addr.to_string(), 9000);
 
     // Default: allow.
-    assert_eq!(client.get_egress(&app).await.unwrap().policy, EgressMode::Allow);
+    assert_eq!(
+        client.get_egress(&app).await.unwrap().policy,
+        EgressMode::Allow
+    );
     eventually("the outside to answer", Duration::from_secs(20), || async {
         run(&client, &app, &m, &fetch).await.0 == 0
     })
     .await;
 
-    let set = |policy, allow: &[String]| EgressPolicy { policy, allow: allow.to_vec() };
-    client.set_egress(&app, &set(EgressMode::Deny, &[])).await.unwrap();
+    let set = |policy, allow: &[String]| EgressPolicy {
+        policy,
+        allow: allow.to_vec(),
+    };
+    client
+        .set_egress(&app, &set(EgressMode::Deny, &[]))
+        .await
+        .unwrap();
     let (code, out) = run(&client, &app, &m, &fetch).await;
     assert_ne!(code, 0, "deny let a connection out: {out}");
 
     let cidr = format!("{}/30", Ipv4Addr::from(u32::from(outside.addr) & !3));
-    client.set_egress(&app, &set(EgressMode::Allowlist, &[cidr])).await.unwrap();
+    client
+        .set_egress(&app, &set(EgressMode::Allowlist, &[cidr]))
+        .await
+        .unwrap();
     assert_eq!(sh(&client, &app, &m, &fetch).await.trim(), "outside");
 
     client
-        .set_egress(&app, &set(EgressMode::Allowlist, &["192.0.2.0/24".into(), "example.com".into()]))
+        .set_egress(
+            &app,
+            &set(
+                EgressMode::Allowlist,
+                &["192.0.2.0/24".into(), "example.com".into()],
+            ),
+        )
         .await
         .unwrap();
     let (code, out) = run(&client, &app, &m, &fetch).await;
-    assert_ne!(code, 0, "an allowlist without the address let it through: {out}");
+    assert_ne!(
+        code, 0,
+        "an allowlist without the address let it through: {out}"
+    );
 
     // Bad input is refused and changes nothing.
     let err = client
@@ -252,6 +374,9 @@ async fn egress_policy_applies_to_running_machines() {
     assert!(err.to_string().contains("not a cidr"), "{err}");
     assert_eq!(client.get_egress(&app).await.unwrap().allow.len(), 2);
 
-    client.set_egress(&app, &set(EgressMode::Allow, &[])).await.unwrap();
+    client
+        .set_egress(&app, &set(EgressMode::Allow, &[]))
+        .await
+        .unwrap();
     assert_eq!(sh(&client, &app, &m, &fetch).await.trim(), "outside");
 }

@@ -179,7 +179,9 @@ impl Service {
             if image_changed {
                 // A new image means a new root: the writable layer starts empty (its
                 // checkpoints stay, they are the machine's history).
-                self.driver.reset(&self.sandbox_spec(&machine).await?).await?;
+                self.driver
+                    .reset(&self.sandbox_spec(&machine).await?)
+                    .await?;
             } else {
                 self.driver
                     .update_resources(&machine.id, config::resources(&machine.config))
@@ -426,7 +428,10 @@ impl Service {
         let events = self.store.list_events(&machine.id, INLINE_EVENTS).await?;
         let mut api = machine.to_api(events.iter().map(|e| e.to_api()).collect());
         if machine.state != MachineState::Destroyed {
-            api.private_ipv4 = self.addresses_of(&machine.id).await?.map(|(v4, _)| v4.to_string());
+            api.private_ipv4 = self
+                .addresses_of(&machine.id)
+                .await?
+                .map(|(v4, _)| v4.to_string());
         }
         Ok(api)
     }

@@ -62,7 +62,10 @@ impl Service {
     }
 
     /// The machine's private addresses, if it has any.
-    pub(super) async fn addresses_of(&self, id: &MachineId) -> Result<Option<(Ipv4Addr, Ipv6Addr)>> {
+    pub(super) async fn addresses_of(
+        &self,
+        id: &MachineId,
+    ) -> Result<Option<(Ipv4Addr, Ipv6Addr)>> {
         Ok(match self.store.get_address(id).await? {
             Some(a) => self.network.addresses(a.slot, a.host),
             None => None,

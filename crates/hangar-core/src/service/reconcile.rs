@@ -66,7 +66,9 @@ impl Service {
         match (machine.state, observed) {
             (_, Observed::Absent) => {
                 // Lost with a reboot, or a crash before the sandbox was built.
-                self.driver.create(&self.sandbox_spec(machine).await?).await?;
+                self.driver
+                    .create(&self.sandbox_spec(machine).await?)
+                    .await?;
                 match machine.state {
                     Started | Starting => {
                         // Its process went with the sandbox: record that, then start

@@ -162,9 +162,9 @@ impl SandboxDriver {
             }));
         }
         if let Some(net) = &spec.network {
-            let pid = self
-                .init_pid(id)
-                .ok_or_else(|| SandboxError::Boot("init exited before its network was set up".into()))?;
+            let pid = self.init_pid(id).ok_or_else(|| {
+                SandboxError::Boot("init exited before its network was set up".into())
+            })?;
             let handle = hangar_net::link::connect()?;
             hangar_net::link::attach(&handle, net, pid).await?;
         }

@@ -80,11 +80,17 @@ pub async fn run(client: &Client, cmd: AppCommand, json: bool) -> Result<ExitCod
         } => {
             use hangar_types::{EgressMode, EgressPolicy};
             let policy = if deny {
-                Some(EgressPolicy { policy: EgressMode::Deny, allow: Vec::new() })
+                Some(EgressPolicy {
+                    policy: EgressMode::Deny,
+                    allow: Vec::new(),
+                })
             } else if allow_all {
                 Some(EgressPolicy::default())
             } else if !allow.is_empty() {
-                Some(EgressPolicy { policy: EgressMode::Allowlist, allow })
+                Some(EgressPolicy {
+                    policy: EgressMode::Allowlist,
+                    allow,
+                })
             } else {
                 None
             };
