@@ -90,6 +90,11 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     );
     let network = private_network(&args, &data_dir, store.as_ref()).await?;
     let service = Service::with_network(store, driver, images, ServiceOptions::default(), network);
+    // The firewall goes up before any machine is rebuilt (after a reboot the tables
+    // are gone), and again after recovery for what it changed.
+    if let Err(err) = service.sync_network().await {
+        tracing::error!(error = %err, "loading the private network's firewall");
+    }
     service
         .recover()
         .await
