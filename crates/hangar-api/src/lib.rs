@@ -11,6 +11,7 @@ mod extract;
 mod files;
 mod images;
 mod machines;
+mod network;
 pub mod openapi;
 mod ops;
 mod volumes;
@@ -49,6 +50,10 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/v1/apps/{app}",
             get(machines::get_app).delete(machines::delete_app),
+        )
+        .route(
+            "/v1/apps/{app}/egress",
+            get(network::get_egress).put(network::set_egress),
         )
         .route(
             "/v1/apps/{app}/machines",

@@ -178,6 +178,18 @@ impl Client {
             .await
     }
 
+    /// An app's egress policy.
+    pub async fn get_egress(&self, app: &str) -> Result<EgressPolicy> {
+        self.call::<(), _>(Method::GET, &format!("/v1/apps/{app}/egress"), None)
+            .await
+    }
+
+    /// Replaces an app's egress policy.
+    pub async fn set_egress(&self, app: &str, policy: &EgressPolicy) -> Result<EgressPolicy> {
+        self.call(Method::PUT, &format!("/v1/apps/{app}/egress"), Some(policy))
+            .await
+    }
+
     // Machines.
 
     pub async fn create_machine(&self, app: &str, req: &CreateMachineRequest) -> Result<Machine> {

@@ -29,6 +29,8 @@ pub struct SandboxSpec {
     pub resources: Resources,
     /// Volumes mounted into the machine, from `config.mounts`.
     pub mounts: Vec<VolumeMount>,
+    /// The machine's private interface; `None` means loopback only.
+    pub network: Option<crate::network::NetworkSpec>,
 }
 
 /// A volume and where it appears inside the machine.

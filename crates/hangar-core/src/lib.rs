@@ -16,6 +16,7 @@ pub use error::{Error, Result};
 pub use ids::MachineId;
 pub mod config;
 pub mod model;
+pub mod network;
 pub mod service;
 pub mod store;
 

@@ -87,6 +87,7 @@ impl MachineRecord {
             region: crate::REGION.to_string(),
             instance_id: self.instance_id.clone(),
             private_ip: self.private_ip.clone(),
+            private_ipv4: None,
             config: self.config.clone(),
             image_ref: self.image_ref.clone(),
             created_at: rfc3339(self.created_at),

@@ -67,4 +67,37 @@ pub trait Store: Send + Sync + 'static {
     async fn get_volume_snapshot(&self, id: &str) -> StoreResult<Option<VolumeSnapshotRecord>>;
     /// A volume's snapshots, oldest first.
     async fn list_volume_snapshots(&self, volume: &str) -> StoreResult<Vec<VolumeSnapshotRecord>>;
+    /// The installation-wide network setting `key`, storing `value` first when it has
+    /// none: the first writer wins and every later caller gets the same answer.
+    async fn network_setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String>;
+    /// The machine's address, allocating one when it has none: its org gets the
+    /// lowest free slot in `1..=max_slot` if it has none yet, the machine the lowest
+    /// free host in `1..=max_host`. `Ok(None)` when the range is full.
+    async fn allocate_address(
+        &self,
+        machine: &MachineId,
+        app: &str,
+        org: &str,
+        max_slot: u32,
+        max_host: u32,
+    ) -> StoreResult<Option<AddressRecord>>;
+    async fn get_address(&self, machine: &MachineId) -> StoreResult<Option<AddressRecord>>;
+    async fn list_addresses(&self) -> StoreResult<Vec<AddressRecord>>;
+    /// Frees the machine's address (absent is fine).
+    async fn release_address(&self, machine: &MachineId) -> StoreResult<()>;
+
+    /// An app's egress policy as JSON, if one was set.
+    async fn get_egress(&self, app: &str) -> StoreResult<Option<String>>;
+    async fn set_egress(&self, app: &str, policy: &str) -> StoreResult<()>;
+    async fn list_egress(&self) -> StoreResult<Vec<(String, String)>>;
+}
+
+/// A machine's place in the private network.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddressRecord {
+    pub machine_id: MachineId,
+    pub app: String,
+    pub org: String,
+    pub slot: u32,
+    pub host: u32,
 }

@@ -65,6 +65,7 @@ async fn bench(runs: usize) {
         layers: vec![layer.path().to_path_buf()],
         resources: Resources::default(),
         mounts: vec![],
+        network: None,
     };
 
     let mut creates = Vec::new();

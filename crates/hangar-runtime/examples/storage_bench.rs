@@ -98,6 +98,7 @@ async fn bench(runs: usize) {
             ..Default::default()
         },
         mounts: vec![],
+        network: None,
     };
     let d = &driver;
     let mut seq = 0;

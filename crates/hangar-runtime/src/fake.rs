@@ -565,6 +565,7 @@ mod tests {
             layers: vec![],
             resources: Resources::default(),
             mounts: vec![],
+            network: None,
         }
     }
 

@@ -135,6 +135,7 @@ impl Env {
             layers: vec![self.layer.path().to_path_buf()],
             resources: Resources::default(),
             mounts: vec![],
+            network: None,
         }
     }
 }

@@ -14,7 +14,7 @@ use hangar_core::model::{
     AppRecord, CheckpointRecord, EventRecord, MachineRecord, VolumeRecord, VolumeSnapshotRecord,
 };
 use hangar_core::state::MachineState;
-use hangar_core::store::{Store, StoreError, StoreResult};
+use hangar_core::store::{AddressRecord, Store, StoreError, StoreResult};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteRow, SqliteSynchronous,
 };
@@ -155,6 +155,11 @@ impl Store for SqliteStore {
     }
 
     async fn delete_app(&self, name: &str) -> StoreResult<()> {
+        sqlx::query("DELETE FROM app_egress WHERE app = ?")
+            .bind(name)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
         sqlx::query("DELETE FROM apps WHERE name = ?")
             .bind(name)
             .execute(&self.pool)
@@ -428,7 +433,198 @@ impl Store for SqliteStore {
         .map_err(backend)?;
         rows.iter().map(volume_snapshot_from_row).collect()
     }
+    async fn network_setting_or_insert(&self, key: &str, value: &str) -> StoreResult<String> {
+        sqlx::query(
+            "INSERT INTO network_settings (key, value) VALUES (?, ?) ON CONFLICT(key) DO NOTHING",
+        )
+        .bind(key)
+        .bind(value)
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        let row = sqlx::query("SELECT value FROM network_settings WHERE key = ?")
+            .bind(key)
+            .fetch_one(&self.pool)
+            .await
+            .map_err(backend)?;
+        row.try_get("value").map_err(backend)
+    }
+
+    async fn allocate_address(
+        &self,
+        machine: &MachineId,
+        app: &str,
+        org: &str,
+        max_slot: u32,
+        max_host: u32,
+    ) -> StoreResult<Option<AddressRecord>> {
+        if let Some(found) = self.get_address(machine).await? {
+            return Ok(Some(found));
+        }
+        // One writer at a time: BEGIN IMMEDIATE takes SQLite's write lock up front, so
+        // two creates never pick the same free host.
+        let mut conn = self.pool.acquire().await.map_err(backend)?;
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        let result = async {
+            let slot: Option<i64> =
+                sqlx::query_scalar("SELECT slot FROM network_orgs WHERE org = ?")
+                    .bind(org)
+                    .fetch_optional(&mut *conn)
+                    .await
+                    .map_err(backend)?;
+            let slot = match slot {
+                Some(slot) => slot,
+                None => {
+                    let taken: Vec<i64> =
+                        sqlx::query_scalar("SELECT slot FROM network_orgs ORDER BY slot")
+                            .fetch_all(&mut *conn)
+                            .await
+                            .map_err(backend)?;
+                    let Some(free) = lowest_free(&taken, max_slot) else {
+                        return Ok(None);
+                    };
+                    sqlx::query("INSERT INTO network_orgs (org, slot) VALUES (?, ?)")
+                        .bind(org)
+                        .bind(free)
+                        .execute(&mut *conn)
+                        .await
+                        .map_err(backend)?;
+                    free
+                }
+            };
+            let taken: Vec<i64> = sqlx::query_scalar(
+                "SELECT host FROM network_addresses WHERE org = ? ORDER BY host",
+            )
+            .bind(org)
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(backend)?;
+            let Some(host) = lowest_free(&taken, max_host) else {
+                return Ok(None);
+            };
+            sqlx::query(
+                "INSERT INTO network_addresses (machine_id, app, org, host) VALUES (?, ?, ?, ?)",
+            )
+            .bind(machine.as_str())
+            .bind(app)
+            .bind(org)
+            .bind(host)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+            Ok(Some(AddressRecord {
+                machine_id: machine.clone(),
+                app: app.to_string(),
+                org: org.to_string(),
+                slot: slot as u32,
+                host: host as u32,
+            }))
+        }
+        .await;
+        let end = if result.is_ok() { "COMMIT" } else { "ROLLBACK" };
+        sqlx::query(end)
+            .execute(&mut *conn)
+            .await
+            .map_err(backend)?;
+        result
+    }
+
+    async fn get_address(&self, machine: &MachineId) -> StoreResult<Option<AddressRecord>> {
+        let row = sqlx::query(
+            "SELECT a.machine_id, a.app, a.org, o.slot, a.host FROM network_addresses a
+             JOIN network_orgs o ON o.org = a.org WHERE a.machine_id = ?",
+        )
+        .bind(machine.as_str())
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        row.as_ref().map(address_from_row).transpose()
+    }
+
+    async fn list_addresses(&self) -> StoreResult<Vec<AddressRecord>> {
+        let rows = sqlx::query(
+            "SELECT a.machine_id, a.app, a.org, o.slot, a.host FROM network_addresses a
+             JOIN network_orgs o ON o.org = a.org ORDER BY o.slot, a.host",
+        )
+        .fetch_all(&self.pool)
+        .await
+        .map_err(backend)?;
+        rows.iter().map(address_from_row).collect()
+    }
+
+    async fn release_address(&self, machine: &MachineId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM network_addresses WHERE machine_id = ?")
+            .bind(machine.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn get_egress(&self, app: &str) -> StoreResult<Option<String>> {
+        sqlx::query_scalar("SELECT policy FROM app_egress WHERE app = ?")
+            .bind(app)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(backend)
+    }
+
+    async fn set_egress(&self, app: &str, policy: &str) -> StoreResult<()> {
+        sqlx::query("INSERT INTO app_egress (app, policy) VALUES (?, ?) ON CONFLICT(app) DO UPDATE SET policy = excluded.policy")
+            .bind(app)
+            .bind(policy)
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn list_egress(&self) -> StoreResult<Vec<(String, String)>> {
+        let rows = sqlx::query("SELECT app, policy FROM app_egress ORDER BY app")
+            .fetch_all(&self.pool)
+            .await
+            .map_err(backend)?;
+        rows.iter()
+            .map(|r| {
+                Ok((
+                    r.try_get("app").map_err(backend)?,
+                    r.try_get("policy").map_err(backend)?,
+                ))
+            })
+            .collect()
+    }
 }
+
+/// The lowest number in `1..=max` not in `taken` (sorted ascending).
+fn lowest_free(taken: &[i64], max: u32) -> Option<i64> {
+    let mut want = 1i64;
+    for &t in taken {
+        if t == want {
+            want += 1;
+        } else if t > want {
+            break;
+        }
+    }
+    (want <= i64::from(max)).then_some(want)
+}
+
+fn address_from_row(row: &SqliteRow) -> StoreResult<AddressRecord> {
+    let id: String = row.try_get("machine_id").map_err(backend)?;
+    let slot: i64 = row.try_get("slot").map_err(backend)?;
+    let host: i64 = row.try_get("host").map_err(backend)?;
+    Ok(AddressRecord {
+        machine_id: MachineId::parse(&id)
+            .ok_or_else(|| StoreError::Backend(format!("bad machine id {id:?}")))?,
+        app: row.try_get("app").map_err(backend)?,
+        org: row.try_get("org").map_err(backend)?,
+        slot: slot as u32,
+        host: host as u32,
+    })
+}
+
 
 fn volume_from_row(row: &SqliteRow) -> StoreResult<VolumeRecord> {
     Ok(VolumeRecord {
@@ -622,5 +818,75 @@ mod tests {
                 .await,
             Err(StoreError::Conflict)
         ));
+    }
+
+    #[tokio::test]
+    async fn addresses_are_lowest_free_per_org_and_reused_after_release() {
+        let (_dir, store) = store().await;
+        let id = |n: u8| MachineId::parse(&format!("{n:014x}")).unwrap();
+        let a = store
+            .allocate_address(&id(1), "web", "acme", 3, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let b = store
+            .allocate_address(&id(2), "web", "acme", 3, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        let c = store
+            .allocate_address(&id(3), "db", "other", 3, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((a.slot, a.host), (1, 1));
+        assert_eq!((b.slot, b.host), (1, 2));
+        assert_eq!((c.slot, c.host), (2, 1));
+        // Asking again gives the same address; a full org gets none.
+        assert_eq!(
+            store
+                .allocate_address(&id(1), "web", "acme", 3, 2)
+                .await
+                .unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(
+            store
+                .allocate_address(&id(4), "web", "acme", 3, 2)
+                .await
+                .unwrap(),
+            None
+        );
+        store.release_address(&id(1)).await.unwrap();
+        let d = store
+            .allocate_address(&id(4), "web", "acme", 3, 2)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((d.slot, d.host), (1, 1));
+        assert_eq!(store.list_addresses().await.unwrap().len(), 3);
+    }
+
+    #[tokio::test]
+    async fn network_settings_keep_the_first_value() {
+        let (_dir, store) = store().await;
+        assert_eq!(
+            store.network_setting_or_insert("k", "one").await.unwrap(),
+            "one"
+        );
+        assert_eq!(
+            store.network_setting_or_insert("k", "two").await.unwrap(),
+            "one"
+        );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn lowest_free_is_the_smallest_gap(mut taken in proptest::collection::btree_set(1i64..40, 0..40), max in 1u32..45) {
+            let taken: Vec<i64> = std::mem::take(&mut taken).into_iter().collect();
+            let got = super::lowest_free(&taken, max);
+            let want = (1..=i64::from(max)).find(|n| !taken.contains(n));
+            proptest::prop_assert_eq!(got, want);
+        }
     }
 }

@@ -9,6 +9,7 @@ pub mod error;
 pub mod files;
 pub mod image;
 pub mod machine;
+pub mod network;
 pub mod storage;
 pub mod volume;
 
@@ -16,5 +17,6 @@ pub use error::{ErrorCode, ErrorResponse};
 pub use files::*;
 pub use image::*;
 pub use machine::*;
+pub use network::*;
 pub use storage::*;
 pub use volume::*;

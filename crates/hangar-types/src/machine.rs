@@ -191,6 +191,9 @@ pub struct Machine {
     pub region: String,
     pub instance_id: String,
     pub private_ip: String,
+    /// hangar: the machine's private IPv4 address (`private_ip` is the IPv6 one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ipv4: Option<String>,
     pub config: MachineConfig,
     pub image_ref: ImageRef,
     pub created_at: String,

@@ -44,6 +44,20 @@ pub struct ServeArgs {
     /// space, whichever is smaller). The image is sparse and made once.
     #[arg(long, env = "HANGAR_LAYERS_SIZE")]
     pub layers_size: Option<String>,
+    /// Machines' private network: `on` (the default: a bridge, addresses, `.internal`
+    /// DNS and egress policy; falls back to loopback only, with the reason logged,
+    /// when the host lacks something) or `off` (loopback only).
+    #[arg(long, env = "HANGAR_PRIVATE_NETWORK", default_value = "on")]
+    pub private_network: String,
+    /// IPv4 range for machines' private addresses, a /8 to /22 (each org gets a /24
+    /// of it). Default: a /16 inside 10.0.0.0/8 derived from the data dir and not in
+    /// use on the host, chosen on first start and kept.
+    #[arg(long, env = "HANGAR_PRIVATE_IPV4_RANGE")]
+    pub private_ipv4_range: Option<String>,
+    /// Resolvers for names outside `.internal`, comma-separated `IP` or `IP:PORT`
+    /// (default: the host's /etc/resolv.conf).
+    #[arg(long, env = "HANGAR_DNS_UPSTREAM")]
+    pub dns_upstream: Option<String>,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HANGAR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -74,11 +88,21 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         })
         .context("starting the sandbox driver")?,
     );
-    let service = Service::new(store, driver, images, ServiceOptions::default());
+    let network = private_network(&args, &data_dir, store.as_ref()).await?;
+    let service = Service::with_network(store, driver, images, ServiceOptions::default(), network);
+    // The firewall goes up before any machine is rebuilt (after a reboot the tables
+    // are gone), and again after recovery for what it changed.
+    if let Err(err) = service.sync_network().await {
+        tracing::error!(error = %err, "loading the private network's firewall");
+    }
     service
         .recover()
         .await
         .context("adopting machines on this host")?;
+    // Rebuilds the firewall and DNS records of the machines just adopted.
+    if let Err(err) = service.sync_network().await {
+        tracing::error!(error = %err, "loading the private network's firewall");
+    }
 
     let shutdown = CancellationToken::new();
     let events = service.spawn_event_loop(shutdown.clone());
@@ -113,6 +137,60 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let _ = events.await;
     tracing::info!("stopped serving; machines keep running");
     Ok(())
+}
+
+/// The real network, or loopback only when it is off or the host cannot have it.
+async fn private_network(
+    args: &ServeArgs,
+    data_dir: &Path,
+    store: &dyn hangar_core::store::Store,
+) -> Result<Arc<dyn hangar_core::network::Network>> {
+    match args.private_network.as_str() {
+        "off" => return Ok(Arc::new(hangar_core::network::NoNetwork)),
+        "on" => {}
+        other => anyhow::bail!("--private-network {other:?} is not known: use on or off"),
+    }
+    let ipv4_range = args
+        .private_ipv4_range
+        .as_deref()
+        .map(|r| {
+            r.parse::<ipnet::Ipv4Net>().with_context(|| {
+                format!("--private-ipv4-range {r:?} is not a CIDR like 10.42.0.0/16")
+            })
+        })
+        .transpose()?;
+    let upstreams = args
+        .dns_upstream
+        .as_deref()
+        .map(|list| {
+            list.split(',')
+                .map(|u| {
+                    let u = u.trim();
+                    u.parse::<SocketAddr>()
+                        .or_else(|_| {
+                            u.parse::<std::net::IpAddr>()
+                                .map(|ip| SocketAddr::new(ip, 53))
+                        })
+                        .with_context(|| format!("--dns-upstream {u:?} is not an IP or IP:PORT"))
+                })
+                .collect::<Result<Vec<_>>>()
+        })
+        .transpose()?;
+    let opts = hangar_net::NetOptions {
+        data_dir: data_dir.to_path_buf(),
+        ipv4_range,
+        upstreams,
+    };
+    match hangar_net::HostNetwork::start(opts, store).await {
+        Ok(net) => {
+            tracing::info!(bridge = net.bridge(), "machines get a private network");
+            Ok(net)
+        }
+        Err(err) => {
+            tracing::warn!(error = %err, "machines get loopback only: the private network could not be set up");
+            Ok(Arc::new(hangar_core::network::NoNetwork))
+        }
+    }
 }
 
 fn storage_mode(kind: &str, size: Option<&str>) -> Result<hangar_runtime::sandbox::StorageMode> {

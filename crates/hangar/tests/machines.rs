@@ -358,18 +358,26 @@ async fn a_machine_sees_only_itself() {
         "{}",
         ps.stdout
     );
-    // Networks: only loopback.
+    // Networks: loopback and the private network's eth0, nothing of the host's.
     let ifaces = run(&["ls", "/sys/class/net"]).await;
-    assert_eq!(ifaces.stdout.split_whitespace().collect::<Vec<_>>(), ["lo"]);
-    // No host mounts: host paths appear only as the root overlay's layer options.
+    assert_eq!(
+        ifaces.stdout.split_whitespace().collect::<Vec<_>>(),
+        ["eth0", "lo"]
+    );
+    // No host mounts: host paths appear only as the root overlay's layer options and
+    // as the source of hangar's read-only resolv.conf.
     let mounts = run(&["cat", "/proc/self/mountinfo"]).await;
     let data_dir = daemon.data_dir().to_str().unwrap();
     for line in mounts.stdout.lines().filter(|l| l.contains(data_dir)) {
-        assert_eq!(
-            line.split_whitespace().nth(4),
-            Some("/"),
-            "a host path is mounted: {line}"
-        );
+        let point = line.split_whitespace().nth(4);
+        if point == Some("/etc/resolv.conf") {
+            assert!(
+                line.contains(" ro,"),
+                "resolv.conf is mounted writable: {line}"
+            );
+            continue;
+        }
+        assert_eq!(point, Some("/"), "a host path is mounted: {line}");
     }
     // Privileges: reduced capabilities, no new privileges, seccomp on.
     let status = run(&["cat", "/proc/self/status"]).await.stdout;

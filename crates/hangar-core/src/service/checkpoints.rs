@@ -12,7 +12,6 @@ use hangar_types::{
 };
 use serde_json::json;
 
-use super::machines::sandbox_spec;
 use super::{Caller, Service};
 use crate::error::{Error, Result};
 use crate::ids::{MachineId, instance_id, random_hex};
@@ -175,7 +174,7 @@ impl Service {
         let began = std::time::Instant::now();
         if let Err(err) = self
             .driver
-            .restore(&sandbox_spec(&machine), &record.id)
+            .restore(&self.sandbox_spec(&machine).await?, &record.id)
             .await
         {
             self.set_state(&mut machine, MachineState::Failed).await?;
@@ -315,17 +314,29 @@ impl Service {
             json!({"forked_from": source.id, "checkpoint": checkpoint.id}),
         )
         .await;
-        if let Err(err) = self
-            .driver
-            .fork(&source.id, &checkpoint.id, &sandbox_spec(&machine))
-            .await
-        {
+        let spec = match self.sandbox_spec(&machine).await {
+            Ok(spec) => spec,
+            Err(err) => {
+                self.release_address(&id).await;
+                self.store.delete_machine(&id).await?;
+                return Err(err);
+            }
+        };
+        if let Some(net) = &spec.network {
+            machine.private_ip = net.ipv6.to_string();
+            self.store.update_machine(&machine).await?;
+        }
+        if let Err(err) = self.driver.fork(&source.id, &checkpoint.id, &spec).await {
             tracing::error!(machine = %id, error = ?err, "forking the sandbox failed");
             if let Err(cleanup) = self.driver.destroy(&id).await {
                 tracing::error!(machine = %id, error = ?cleanup, "removing a half-made fork failed");
             }
+            self.release_address(&id).await;
             self.store.delete_machine(&id).await?;
             return Err(err.into());
+        }
+        if spec.network.is_some() {
+            self.sync_network_logged().await;
         }
         if start {
             // The fork's files are the checkpoint's: an ephemeral root is not reset.

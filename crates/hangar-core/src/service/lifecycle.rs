@@ -63,7 +63,7 @@ impl Service {
         self.set_state(machine, MachineState::Starting).await?;
         let reset = if reset {
             self.driver
-                .reset(&super::machines::sandbox_spec(machine))
+                .reset(&self.sandbox_spec(machine).await?)
                 .await
                 .map_err(Error::from)
         } else {

@@ -72,6 +72,18 @@ impl Service {
         self.insert_new_machine(&machine).await?;
         drop(attach_guard);
         let _guard = self.lock(&id).await;
+        let spec = match self.sandbox_spec(&machine).await {
+            Ok(spec) => spec,
+            Err(err) => {
+                self.release_address(&id).await;
+                self.store.delete_machine(&id).await?;
+                return Err(err);
+            }
+        };
+        if let Some(net) = &spec.network {
+            machine.private_ip = net.ipv6.to_string();
+            self.store.update_machine(&machine).await?;
+        }
         self.record_pull(&machine, pull).await;
         self.event(
             &machine,
@@ -83,14 +95,18 @@ impl Service {
         .await;
 
         let started = std::time::Instant::now();
-        if let Err(err) = self.driver.create(&sandbox_spec(&machine)).await {
+        if let Err(err) = self.driver.create(&spec).await {
             // Nothing is left half-created: the sandbox and the record go together.
             tracing::error!(machine = %id, error = ?err, "creating the sandbox failed");
             if let Err(cleanup) = self.driver.destroy(&id).await {
                 tracing::error!(machine = %id, error = ?cleanup, "removing a half-created sandbox failed");
             }
+            self.release_address(&id).await;
             self.store.delete_machine(&id).await?;
             return Err(err.into());
+        }
+        if spec.network.is_some() {
+            self.sync_network_logged().await;
         }
         metrics::histogram!("hangar_machine_create_seconds")
             .record(started.elapsed().as_secs_f64());
@@ -193,9 +209,13 @@ impl Service {
         }
         let rebuilt = async {
             if reset {
-                self.driver.reset(&sandbox_spec(&machine)).await?;
+                self.driver
+                    .reset(&self.sandbox_spec(&machine).await?)
+                    .await?;
             } else if image_changed || mounts_changed {
-                self.driver.rebuild(&sandbox_spec(&machine)).await?;
+                self.driver
+                    .rebuild(&self.sandbox_spec(&machine).await?)
+                    .await?;
             } else {
                 self.driver
                     .update_resources(&machine.id, config::resources(&machine.config))
@@ -285,7 +305,9 @@ impl Service {
         }
         machine.lease = None;
         self.forget_checkpoints(machine).await;
+        self.release_address(&machine.id).await;
         self.set_state(machine, MachineState::Destroyed).await?;
+        self.sync_network_logged().await;
         self.event(
             machine,
             "destroy",
@@ -438,16 +460,25 @@ impl Service {
 
     pub(super) async fn view(&self, machine: &MachineRecord) -> Result<Machine> {
         let events = self.store.list_events(&machine.id, INLINE_EVENTS).await?;
-        Ok(machine.to_api(events.iter().map(|e| e.to_api()).collect()))
+        let mut api = machine.to_api(events.iter().map(|e| e.to_api()).collect());
+        if machine.state != MachineState::Destroyed {
+            api.private_ipv4 = self
+                .addresses_of(&machine.id)
+                .await?
+                .map(|(v4, _)| v4.to_string());
+        }
+        Ok(api)
     }
 }
 
-pub(super) fn sandbox_spec(machine: &MachineRecord) -> SandboxSpec {
+/// The spec without a network; [`Service::sandbox_spec`] adds it.
+pub(super) fn bare_spec(machine: &MachineRecord) -> SandboxSpec {
     SandboxSpec {
         machine_id: machine.id.clone(),
         layers: machine.image.layers.clone(),
         resources: config::resources(&machine.config),
         mounts: config::volume_mounts(&machine.config),
+        network: None,
     }
 }
 

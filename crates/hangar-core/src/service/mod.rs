@@ -15,6 +15,7 @@ mod lease;
 mod lifecycle;
 mod logs;
 mod machines;
+mod network;
 pub mod reconcile;
 mod volumes;
 
@@ -31,6 +32,7 @@ use crate::error::{Error, Result};
 use crate::ids::{MachineId, random_hex};
 use crate::image::ImageStore;
 use crate::model::{EventRecord, MachineRecord};
+use crate::network::{Network, NoNetwork};
 use crate::state::MachineState;
 use crate::store::{Store, StoreError};
 
@@ -75,6 +77,7 @@ pub struct Service {
     driver: Arc<dyn Driver>,
     images: Arc<dyn ImageStore>,
     options: ServiceOptions,
+    network: Arc<dyn Network>,
     locks: Mutex<HashMap<MachineId, Arc<tokio::sync::Mutex<()>>>>,
     /// Held while deciding which machine a volume goes to and recording it, and
     /// while a volume is deleted, extended or copied.
@@ -89,12 +92,24 @@ impl Service {
         images: Arc<dyn ImageStore>,
         options: ServiceOptions,
     ) -> Arc<Self> {
+        Self::with_network(store, driver, images, options, Arc::new(NoNetwork))
+    }
+
+    /// [`Service::new`] with machines on a private network.
+    pub fn with_network(
+        store: Arc<dyn Store>,
+        driver: Arc<dyn Driver>,
+        images: Arc<dyn ImageStore>,
+        options: ServiceOptions,
+        network: Arc<dyn Network>,
+    ) -> Arc<Self> {
         let (changes, _) = broadcast::channel(1024);
         Arc::new(Service {
             store,
             driver,
             images,
             options,
+            network,
             locks: Mutex::new(HashMap::new()),
             volume_lock: tokio::sync::Mutex::new(()),
             changes,
@@ -155,6 +170,7 @@ impl Service {
 
     /// Moves a machine to `to`, persists it, and tells waiters.
     async fn set_state(&self, machine: &mut MachineRecord, to: MachineState) -> Result<()> {
+        let was_started = machine.state == MachineState::Started;
         machine.state = machine.state.transition(to)?;
         machine.updated_at = Utc::now();
         self.store.update_machine(machine).await?;
@@ -164,6 +180,10 @@ impl Service {
             state: to,
             instance_id: machine.instance_id.clone(),
         });
+        if was_started != (to == MachineState::Started) {
+            // `<app>.internal` lists started machines only.
+            self.sync_network_logged().await;
+        }
         Ok(())
     }
 

@@ -14,7 +14,6 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio_util::sync::CancellationToken;
 
 use super::Service;
-use super::machines::sandbox_spec;
 use crate::driver::{DriverEvent, ExitStatus, Observed};
 use crate::error::Result;
 use crate::ids::MachineId;
@@ -67,7 +66,9 @@ impl Service {
         match (machine.state, observed) {
             (_, Observed::Absent) => {
                 // Lost with a reboot, or a crash before the sandbox was built.
-                self.driver.create(&sandbox_spec(machine)).await?;
+                self.driver
+                    .create(&self.sandbox_spec(machine).await?)
+                    .await?;
                 match machine.state {
                     Started | Starting => {
                         // Its process went with the sandbox: record that, then start

@@ -52,6 +52,9 @@ pub(crate) struct BootConfig {
     /// Volumes: a loop device each, mounted at a path inside the machine.
     #[serde(default)]
     pub mounts: Vec<BootMount>,
+    /// Bind-mounted on the machine's `/etc/resolv.conf` (the image is not changed).
+    #[serde(default)]
+    pub resolv_conf: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -188,6 +191,9 @@ fn become_init(
         rootfs::mount_volume(&config.rootfs, &m.device, &m.path)?;
     }
     rootfs::populate(&config.rootfs)?;
+    if let Some(resolv) = &config.resolv_conf {
+        rootfs::bind_resolv_conf(&config.rootfs, resolv)?;
+    }
     rootfs::enter(&config.rootfs)?;
     sethostname(&config.machine_id).map_err(ctx("setting the hostname"))?;
     rootfs::loopback_up()?;

@@ -131,7 +131,18 @@ impl SandboxDriver {
                     path: m.path.clone(),
                 })
                 .collect(),
+            resolv_conf: None,
         };
+        let mut boot = boot;
+        if let Some(net) = &spec.network {
+            // Written before the veth exists, so teardown finds it whatever fails next.
+            std::fs::write(dir.join(VETH_FILE), &net.host_ifname)
+                .map_err(SandboxError::io("writing the veth name"))?;
+            let resolv = dir.join("resolv.conf");
+            std::fs::write(&resolv, &net.resolv_conf)
+                .map_err(SandboxError::io("writing resolv.conf"))?;
+            boot.resolv_conf = Some(resolv);
+        }
         let boot_path = dir.join("boot.json");
         std::fs::write(
             &boot_path,
@@ -164,6 +175,16 @@ impl SandboxDriver {
                 stderr.trim().to_string()
             }));
         }
+        if let Some(net) = &spec.network {
+            let pid = self.init_pid(id).ok_or_else(|| {
+                SandboxError::Boot("init exited before its network was set up".into())
+            })?;
+            let handle = hangar_net::link::connect()?;
+            hangar_net::link::attach(&handle, net, pid).await?;
+        }
         self.ensure_watch(id).await
     }
 }
+
+/// The file in a machine's directory naming the host end of its veth.
+pub(crate) const VETH_FILE: &str = "veth";

@@ -28,6 +28,17 @@ impl SandboxDriver {
         let shared = self.shared.clone();
         let init = self.init_pid(id);
         let dir = self.machine_dir(id);
+        // The kernel drops a veth with its namespace, but a namespace outlives its
+        // processes while anything holds it: remove the host end explicitly.
+        if let Ok(veth) = std::fs::read_to_string(dir.join(super::create::VETH_FILE)) {
+            let removed = match hangar_net::link::connect() {
+                Ok(handle) => hangar_net::link::delete_link(&handle, veth.trim()).await,
+                Err(e) => Err(e),
+            };
+            if let Err(e) = removed {
+                tracing::warn!(machine = %id, error = %e, "removing the machine's veth");
+            }
+        }
         let id = id.clone();
         tokio::task::spawn_blocking(move || {
             let cg = &shared.cgroups;

@@ -95,6 +95,8 @@ pub enum SandboxError {
     Timeout(String),
     #[error("building the sandbox failed: {0}")]
     Boot(String),
+    #[error("connecting the machine to its private network")]
+    Network(#[from] hangar_net::NetError),
     #[error("invalid sandbox spec: {0}")]
     InvalidSpec(String),
     #[error("{0}")]

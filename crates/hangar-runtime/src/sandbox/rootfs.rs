@@ -259,6 +259,37 @@ pub fn enter(root: &Path) -> Result<(), StepError> {
     Ok(())
 }
 
+/// Bind-mounts `source` (hangar's resolv.conf for the machine) on the image's
+/// `/etc/resolv.conf` under `root`, read-only, the way container runtimes do. Runs
+/// before `enter`, so every path is checked not to be a symlink: an image cannot
+/// point the mount at the host. A symlink or missing file is replaced by an empty
+/// file in the writable layer; the image's layers are not touched.
+pub fn bind_resolv_conf(root: &Path, source: &Path) -> Result<(), StepError> {
+    let etc = root.join("etc");
+    match std::fs::symlink_metadata(&etc) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err("/etc in the image is not a directory".into()),
+        Err(_) => mkdir_p(&etc)?,
+    }
+    let target = etc.join("resolv.conf");
+    match std::fs::symlink_metadata(&target) {
+        Ok(m) if m.is_file() => {}
+        Ok(m) if m.is_dir() => return Err("/etc/resolv.conf in the image is a directory".into()),
+        Ok(_) => {
+            std::fs::remove_file(&target).map_err(ctx("replacing the /etc/resolv.conf link"))?;
+            std::fs::File::create(&target).map_err(ctx("creating /etc/resolv.conf"))?;
+        }
+        Err(_) => {
+            std::fs::File::create(&target).map_err(ctx("creating /etc/resolv.conf"))?;
+        }
+    }
+    bind(
+        source,
+        &target,
+        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    )
+}
+
 /// Brings the loopback interface of the machine's network namespace up.
 pub fn loopback_up() -> Result<(), StepError> {
     // SAFETY: a datagram socket and two ioctls on a zeroed, correctly sized ifreq.

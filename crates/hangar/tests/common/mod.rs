@@ -168,6 +168,14 @@ impl Daemon {
             let mut child = child;
             let _ = child.wait();
         }
+        // The bridge and firewall tables outlive the daemon by design (machines keep
+        // running); with every machine gone, remove them too.
+        let inst = hangar_net::alloc::Installation::from_data_dir(self.dir.path());
+        let _ = Command::new("ip")
+            .args(["link", "del", &inst.bridge_name()])
+            .stderr(Stdio::null())
+            .status();
+        let _ = hangar_net::firewall::remove(&inst.table_name());
     }
 }
 

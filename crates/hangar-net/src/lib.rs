@@ -1,0 +1,27 @@
+//! The private network of hangar machines: one bridge per installation, a veth per
+//! machine, addresses from the installation's ranges, the firewall that keeps orgs
+//! apart and machines off the host, `.internal` DNS, and per-app egress policy.
+//!
+//! [`HostNetwork`] implements [`hangar_core::network::Network`] for the service
+//! layer; [`link::attach`] is what the sandbox driver calls once a machine's network
+//! namespace exists.
+
+pub mod alloc;
+pub mod dns;
+pub mod firewall;
+mod host;
+pub mod link;
+
+pub use host::{HostNetwork, NetOptions};
+
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    #[error("netlink: {0}")]
+    Netlink(String),
+    #[error("nftables: {0}")]
+    Nft(String),
+    #[error("dns: {0}")]
+    Dns(String),
+    #[error("{0}")]
+    Config(String),
+}
