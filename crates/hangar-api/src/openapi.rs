@@ -3,11 +3,11 @@
 use axum::Json;
 use utoipa::OpenApi;
 
-use crate::{checkpoints, files, images, machines};
+use crate::{checkpoints, files, images, jobs, machines};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend, checkpoints, fork, files)."),
+    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend, checkpoints, fork, files, jobs)."),
     paths(
         machines::list_apps, machines::create_app, machines::get_app, machines::delete_app,
         machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
@@ -21,6 +21,7 @@ use crate::{checkpoints, files, images, machines};
         checkpoints::restore, checkpoints::diff, checkpoints::fork,
         checkpoints::commit,
         files::read, files::write, files::post, files::mkdir, files::remove,
+        jobs::create, jobs::list, jobs::get, jobs::cancel,
     ),
     modifiers(&BearerAuth),
     security(("bearer" = []))

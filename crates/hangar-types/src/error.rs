@@ -33,6 +33,8 @@ pub enum ErrorCode {
     CheckpointNotFound,
     /// No such file or directory inside the machine (404).
     FileNotFound,
+    /// No such background job of this machine (404).
+    JobNotFound,
     /// A path component, or the path itself, is not a directory (400).
     NotADirectory,
     /// The path is a directory where a file was expected, or is not empty (409).
@@ -88,6 +90,7 @@ impl ErrorCode {
             ErrorCode::MachineExists => "machine_exists",
             ErrorCode::CheckpointNotFound => "checkpoint_not_found",
             ErrorCode::FileNotFound => "file_not_found",
+            ErrorCode::JobNotFound => "job_not_found",
             ErrorCode::NotADirectory => "not_a_directory",
             ErrorCode::IsADirectory => "is_a_directory",
             ErrorCode::InvalidPath => "invalid_path",
@@ -123,7 +126,8 @@ impl ErrorCode {
             | ErrorCode::ImageNotFound
             | ErrorCode::LeaseNotFound
             | ErrorCode::CheckpointNotFound
-            | ErrorCode::FileNotFound => 404,
+            | ErrorCode::FileNotFound
+            | ErrorCode::JobNotFound => 404,
             ErrorCode::Timeout => 408,
             ErrorCode::AppExists
             | ErrorCode::AppNotEmpty
@@ -171,6 +175,7 @@ mod tests {
             ErrorCode::NotADirectory,
             ErrorCode::IsADirectory,
             ErrorCode::InvalidPath,
+            ErrorCode::JobNotFound,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

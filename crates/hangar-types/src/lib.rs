@@ -8,11 +8,13 @@
 pub mod error;
 pub mod files;
 pub mod image;
+pub mod jobs;
 pub mod machine;
 pub mod storage;
 
 pub use error::{ErrorCode, ErrorResponse};
 pub use files::*;
 pub use image::*;
+pub use jobs::*;
 pub use machine::*;
 pub use storage::*;

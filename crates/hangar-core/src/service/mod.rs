@@ -11,6 +11,7 @@ mod checkpoints;
 mod exec;
 mod files;
 mod images;
+mod jobs;
 mod lease;
 mod lifecycle;
 mod logs;
@@ -35,6 +36,7 @@ use crate::store::{Store, StoreError};
 
 pub use checkpoints::MAX_FORKS;
 pub use exec::ExecRequest;
+pub use jobs::{DEFAULT_JOB_TIMEOUT, JobRequest, MAX_JOB_TIMEOUT};
 pub use files::{FileRead, MAX_FILE_SIZE, WriteFileRequest, parse_mode};
 pub use logs::LogFollow;
 
@@ -75,6 +77,7 @@ pub struct Service {
     options: ServiceOptions,
     locks: Mutex<HashMap<MachineId, Arc<tokio::sync::Mutex<()>>>>,
     changes: broadcast::Sender<StateChange>,
+    jobs: jobs::JobTable,
 }
 
 impl Service {
@@ -92,6 +95,7 @@ impl Service {
             options,
             locks: Mutex::new(HashMap::new()),
             changes,
+            jobs: jobs::JobTable::default(),
         })
     }
 
