@@ -7,6 +7,7 @@ mod checkpoint;
 mod files;
 mod image;
 mod machine;
+mod mcp;
 mod output;
 mod registry;
 
@@ -48,6 +49,8 @@ pub enum Command {
     /// Registry credentials for pulls.
     #[command(subcommand)]
     Registry(registry::RegistryCommand),
+    /// Serve the platform as MCP tools over stdio.
+    Mcp(mcp::McpArgs),
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
@@ -58,6 +61,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Machine(cmd) => machine::run(&client(), cmd, cli.json).await,
         Command::Image(cmd) => image::run(&client(), cmd, cli.json).await,
         Command::Registry(cmd) => registry::run(&client(), cmd, cli.json).await,
+        Command::Mcp(args) => mcp::run(args).await,
     }
 }
 
