@@ -27,6 +27,9 @@ use crate::{CallerToken, Config, HangarMcp};
 
 const METADATA_PATH: &str = "/.well-known/oauth-protected-resource";
 
+/// Largest JSON-RPC message accepted over HTTP.
+pub const MAX_MCP_BODY: usize = 32 << 20;
+
 /// Says whether a bearer token is one the daemon accepts.
 pub type TokenCheck = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
@@ -41,7 +44,10 @@ pub fn router(config: Config, check: TokenCheck, shutdown: CancellationToken) ->
     let service = StreamableHttpService::new(
         move || Ok(server.clone()),
         Arc::new(LocalSessionManager::default()),
-        StreamableHttpServerConfig::default().with_cancellation_token(shutdown),
+        StreamableHttpServerConfig::default()
+            .with_cancellation_token(shutdown)
+            // Above the largest file_write, so an oversized one gets a sentence, not a reset.
+            .with_max_request_body_bytes(MAX_MCP_BODY),
     );
     let guard = Guard { check };
     Router::new()

@@ -219,3 +219,42 @@ async fn streamable_http_needs_the_token_and_acts_with_it() {
     let _ = mcp.cancel().await;
     let _ = Duration::ZERO;
 }
+
+/// The Python SDK's venv that scripts/install-deps makes, if it is there.
+fn python() -> Option<std::path::PathBuf> {
+    let venv = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/mcp-venv/bin/python");
+    if venv.exists() {
+        return Some(venv);
+    }
+    eprintln!("skipped: no Python MCP SDK; run scripts/install-deps");
+    None
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_sdk_works_over_stdio_and_http() {
+    let app = format!("mcp-py-{}", std::process::id());
+    let Some(python) = python() else { return };
+    let Some((daemon, client)) = setup(&app).await else {
+        return;
+    };
+    let id = launch(&client, &app, busybox(&["sleep", "inf"])).await;
+    client.wait(&app, &id, "started", 60).await.unwrap();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp_client.py");
+    for transport in ["stdio", "http"] {
+        let out = tokio::process::Command::new(&python)
+            .arg(&script)
+            .args([transport, &app, &id])
+            .env("HANGAR_API", &daemon.api)
+            .env("HANGAR_TOKEN", &daemon.token)
+            .env("HANGAR_BIN", BIN)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{transport}: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
