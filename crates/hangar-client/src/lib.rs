@@ -584,10 +584,7 @@ impl Client {
     }
 
     pub async fn cancel_job(&self, app: &str, id: &str, job: &str) -> Result<Job> {
-        let path = format!(
-            "/v1/apps/{app}/machines/{id}/jobs/{}",
-            encode_segment(job)
-        );
+        let path = format!("/v1/apps/{app}/machines/{id}/jobs/{}", encode_segment(job));
         self.call::<(), _>(Method::DELETE, &path, None).await
     }
 

@@ -156,10 +156,19 @@ mod tests {
 
     #[test]
     fn only_loopback_origins_pass() {
-        for ok in ["http://localhost:3000", "http://127.0.0.1", "https://[::1]:8080"] {
+        for ok in [
+            "http://localhost:3000",
+            "http://127.0.0.1",
+            "https://[::1]:8080",
+        ] {
             assert!(is_loopback_origin(ok), "{ok}");
         }
-        for bad in ["https://evil.example", "http://localhost.evil.example", "null", "file://"] {
+        for bad in [
+            "https://evil.example",
+            "http://localhost.evil.example",
+            "null",
+            "file://",
+        ] {
             assert!(!is_loopback_origin(bad), "{bad}");
         }
     }

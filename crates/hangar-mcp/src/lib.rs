@@ -190,7 +190,10 @@ impl ServerHandler for HangarMcp {
         let result = match outcome {
             None => {
                 return Err(McpError::invalid_params(
-                    format!("unknown tool {:?}; list the tools with tools/list", request.name),
+                    format!(
+                        "unknown tool {:?}; list the tools with tools/list",
+                        request.name
+                    ),
                     None,
                 ));
             }
@@ -230,9 +233,12 @@ impl ServerHandler for HangarMcp {
         _context: RequestContext<RoleServer>,
     ) -> Result<ListResourceTemplatesResult, McpError> {
         Ok(ListResourceTemplatesResult::with_all_items(vec![
-            ResourceTemplate::new("hangar://apps/{app}/machines/{machine}/logs", "machine logs")
-                .with_description("The last 200 lines of a machine's output")
-                .with_mime_type("text/plain"),
+            ResourceTemplate::new(
+                "hangar://apps/{app}/machines/{machine}/logs",
+                "machine logs",
+            )
+            .with_description("The last 200 lines of a machine's output")
+            .with_mime_type("text/plain"),
             ResourceTemplate::new(
                 "hangar://apps/{app}/machines/{machine}/files/{path}",
                 "machine file",
@@ -259,9 +265,7 @@ impl ServerHandler for HangarMcp {
                 None,
             )
         };
-        let rest = uri
-            .strip_prefix("hangar://apps/")
-            .ok_or_else(not_found)?;
+        let rest = uri.strip_prefix("hangar://apps/").ok_or_else(not_found)?;
         let (app, rest) = rest.split_once("/machines/").ok_or_else(not_found)?;
         let (machine, what) = rest.split_once('/').ok_or_else(not_found)?;
         let ctx = self.ctx(&context)?;

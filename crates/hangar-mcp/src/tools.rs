@@ -143,8 +143,7 @@ impl Ctx {
 
     /// A machine id from a name or an id within `app`.
     async fn machine(&self, app: &str, machine: &str) -> Result<String, ToolError> {
-        let looks_like_id =
-            machine.len() == 14 && machine.bytes().all(|b| b.is_ascii_hexdigit());
+        let looks_like_id = machine.len() == 14 && machine.bytes().all(|b| b.is_ascii_hexdigit());
         if looks_like_id {
             return Ok(machine.to_string());
         }
@@ -598,47 +597,133 @@ fn tool<A: JsonSchema + 'static, O: JsonSchema + 'static>(
 /// Every tool offered with these toolsets.
 pub fn catalogue(toolsets: &[Toolset]) -> Vec<Tool> {
     let mut tools = vec![
-        tool::<RunArgs, MachineOut>("machine_run", "Run a machine",
-            "Create a machine from an image and wait until it is started. Returns its id and name. Create once and reuse it: stop it when idle instead of destroying.", WRITE),
-        tool::<AppArgs, MachineListOut>("machine_list", "List machines",
-            "List the machines of an app with their state.", READ),
-        tool::<MachineArgs, MachineOut>("machine_get", "Get a machine",
-            "A machine's state, image and address, by name or id.", READ),
-        tool::<LifecycleArgs, LifecycleOut>("machine_lifecycle", "Start, stop, suspend or destroy",
-            "Start, stop, restart, suspend or destroy a machine. Stopping keeps its files; destroy deletes everything and needs confirm: true.", DESTRUCTIVE),
-        tool::<ExecArgs, ExecOut>("exec", "Run a command",
-            "Run a command in a started machine. Waits up to 30 s; if it still runs, returns state `running` and a job to poll with job_poll. background: true returns the job at once. A non-zero exit code is a result, not an error. Output is capped (head and tail kept).", WRITE),
-        tool::<JobArgs, ExecOut>("job_poll", "Poll a job",
-            "A background job's state and its output from a cursor; wait_secs waits for it to end first.", READ),
-        tool::<JobCancelArgs, ExecOut>("job_cancel", "Cancel a job",
-            "Cancel a running background job (or forget a finished one).", DESTRUCTIVE_IDEMPOTENT),
-        tool::<PathArgs, FileOut>("file_read", "Read a file",
-            "Read a file inside a machine, started or stopped. Text comes back as text; binary as base64 with a MIME type.", READ),
-        tool::<WriteArgs, PathOut>("file_write", "Write a file",
-            "Create or replace a file inside a machine (parents created by default). At most 8 MiB.", WRITE_IDEMPOTENT),
-        tool::<PathArgs, FileListOut>("file_list", "List a directory",
-            "List a directory inside a machine.", READ),
-        tool::<DeleteArgs, PathOut>("file_delete", "Delete a file",
-            "Delete a file, or with recursive: true a directory and its contents.", DESTRUCTIVE_IDEMPOTENT),
-        tool::<CheckpointArgs, CheckpointOut>("checkpoint", "Checkpoints",
-            "Snapshot a machine's filesystem (create), list snapshots, restore one (the machine restarts into it), diff one against now or another, or delete one. Checkpoint before risky steps.", DESTRUCTIVE),
-        tool::<ForkArgs, ForkOut>("machine_fork", "Fork a machine",
-            "A new machine starting from this one's files (now, or a checkpoint): try an alternative without losing the original.", WRITE),
-        tool::<LogsArgs, LogsOut>("machine_logs", "Machine logs",
-            "The last lines of a machine's main-process output.", READ),
+        tool::<RunArgs, MachineOut>(
+            "machine_run",
+            "Run a machine",
+            "Create a machine from an image and wait until it is started. Returns its id and name. Create once and reuse it: stop it when idle instead of destroying.",
+            WRITE,
+        ),
+        tool::<AppArgs, MachineListOut>(
+            "machine_list",
+            "List machines",
+            "List the machines of an app with their state.",
+            READ,
+        ),
+        tool::<MachineArgs, MachineOut>(
+            "machine_get",
+            "Get a machine",
+            "A machine's state, image and address, by name or id.",
+            READ,
+        ),
+        tool::<LifecycleArgs, LifecycleOut>(
+            "machine_lifecycle",
+            "Start, stop, suspend or destroy",
+            "Start, stop, restart, suspend or destroy a machine. Stopping keeps its files; destroy deletes everything and needs confirm: true.",
+            DESTRUCTIVE,
+        ),
+        tool::<ExecArgs, ExecOut>(
+            "exec",
+            "Run a command",
+            "Run a command in a started machine. Waits up to 30 s; if it still runs, returns state `running` and a job to poll with job_poll. background: true returns the job at once. A non-zero exit code is a result, not an error. Output is capped (head and tail kept).",
+            WRITE,
+        ),
+        tool::<JobArgs, ExecOut>(
+            "job_poll",
+            "Poll a job",
+            "A background job's state and its output from a cursor; wait_secs waits for it to end first.",
+            READ,
+        ),
+        tool::<JobCancelArgs, ExecOut>(
+            "job_cancel",
+            "Cancel a job",
+            "Cancel a running background job (or forget a finished one).",
+            DESTRUCTIVE_IDEMPOTENT,
+        ),
+        tool::<PathArgs, FileOut>(
+            "file_read",
+            "Read a file",
+            "Read a file inside a machine, started or stopped. Text comes back as text; binary as base64 with a MIME type.",
+            READ,
+        ),
+        tool::<WriteArgs, PathOut>(
+            "file_write",
+            "Write a file",
+            "Create or replace a file inside a machine (parents created by default). At most 8 MiB.",
+            WRITE_IDEMPOTENT,
+        ),
+        tool::<PathArgs, FileListOut>(
+            "file_list",
+            "List a directory",
+            "List a directory inside a machine.",
+            READ,
+        ),
+        tool::<DeleteArgs, PathOut>(
+            "file_delete",
+            "Delete a file",
+            "Delete a file, or with recursive: true a directory and its contents.",
+            DESTRUCTIVE_IDEMPOTENT,
+        ),
+        tool::<CheckpointArgs, CheckpointOut>(
+            "checkpoint",
+            "Checkpoints",
+            "Snapshot a machine's filesystem (create), list snapshots, restore one (the machine restarts into it), diff one against now or another, or delete one. Checkpoint before risky steps.",
+            DESTRUCTIVE,
+        ),
+        tool::<ForkArgs, ForkOut>(
+            "machine_fork",
+            "Fork a machine",
+            "A new machine starting from this one's files (now, or a checkpoint): try an alternative without losing the original.",
+            WRITE,
+        ),
+        tool::<LogsArgs, LogsOut>(
+            "machine_logs",
+            "Machine logs",
+            "The last lines of a machine's main-process output.",
+            READ,
+        ),
     ];
     // An `expose` tool (a machine's port as a public URL) joins the default set here.
     for set in toolsets {
         match set {
             Toolset::Images => tools.extend([
-                tool::<NoArgs, ImagesOut>("image_list", "List images", "Images available locally.", READ),
-                tool::<ImageArgs, ImageOut>("image_pull", "Pull an image", "Pull an image from its registry.", WRITE_IDEMPOTENT),
-                tool::<ImageArgs, OkOut>("image_remove", "Remove an image", "Forget a local image no machine uses.", DESTRUCTIVE_IDEMPOTENT),
+                tool::<NoArgs, ImagesOut>(
+                    "image_list",
+                    "List images",
+                    "Images available locally.",
+                    READ,
+                ),
+                tool::<ImageArgs, ImageOut>(
+                    "image_pull",
+                    "Pull an image",
+                    "Pull an image from its registry.",
+                    WRITE_IDEMPOTENT,
+                ),
+                tool::<ImageArgs, OkOut>(
+                    "image_remove",
+                    "Remove an image",
+                    "Forget a local image no machine uses.",
+                    DESTRUCTIVE_IDEMPOTENT,
+                ),
             ]),
             Toolset::Apps => tools.extend([
-                tool::<NoArgs, AppsOut>("app_list", "List apps", "The apps this token can see.", READ),
-                tool::<AppNameArgs, OkOut>("app_create", "Create an app", "Create an app to hold machines.", WRITE_IDEMPOTENT),
-                tool::<AppNameArgs, OkOut>("app_delete", "Delete an app", "Delete an empty app; needs confirm: true.", DESTRUCTIVE),
+                tool::<NoArgs, AppsOut>(
+                    "app_list",
+                    "List apps",
+                    "The apps this token can see.",
+                    READ,
+                ),
+                tool::<AppNameArgs, OkOut>(
+                    "app_create",
+                    "Create an app",
+                    "Create an app to hold machines.",
+                    WRITE_IDEMPOTENT,
+                ),
+                tool::<AppNameArgs, OkOut>(
+                    "app_delete",
+                    "Delete an app",
+                    "Delete an empty app; needs confirm: true.",
+                    DESTRUCTIVE,
+                ),
             ]),
             // Volumes have no API yet; the toolset name is reserved for them.
             Toolset::Volumes => {}
@@ -818,13 +903,28 @@ fn exec_out(job: &Job, tail: Option<&Job>, limit: usize, started: Option<Instant
         "read the rest with job_poll job={} cursor=N (stdout is {} bytes, stderr {} bytes)",
         job.id, job.stdout_bytes, job.stderr_bytes
     );
-    let out_tail = tail.filter(|_| job.next_cursor < job.stdout_bytes).map(|t| t.stdout.as_str());
+    let out_tail = tail
+        .filter(|_| job.next_cursor < job.stdout_bytes)
+        .map(|t| t.stdout.as_str());
     let err_tail = tail
         .filter(|_| job.next_stderr_cursor < job.stderr_bytes)
         .map(|t| t.stderr.as_str());
-    let (stdout, stdout_truncated) = stream(&job.stdout, out_tail, job.cursor, job.stdout_bytes, limit, &hint);
-    let (stderr, stderr_truncated) =
-        stream(&job.stderr, err_tail, job.stderr_cursor, job.stderr_bytes, limit, &hint);
+    let (stdout, stdout_truncated) = stream(
+        &job.stdout,
+        out_tail,
+        job.cursor,
+        job.stdout_bytes,
+        limit,
+        &hint,
+    );
+    let (stderr, stderr_truncated) = stream(
+        &job.stderr,
+        err_tail,
+        job.stderr_cursor,
+        job.stderr_bytes,
+        limit,
+        &hint,
+    );
     let duration_ms = match (started, &job.finished_at) {
         (Some(t), _) => t.elapsed().as_millis() as u64,
         (None, Some(end)) => {
@@ -862,7 +962,11 @@ fn chrono_ms(s: &str) -> Option<u64> {
     let hms: Vec<&str> = time.get(..15.min(time.len()))?.split(':').collect();
     let h: f64 = hms.first()?.parse().ok()?;
     let m: f64 = hms.get(1)?.parse().ok()?;
-    let sec: f64 = hms.get(2)?.trim_end_matches(|c: char| !c.is_ascii_digit()).parse().ok()?;
+    let sec: f64 = hms
+        .get(2)?
+        .trim_end_matches(|c: char| !c.is_ascii_digit())
+        .parse()
+        .ok()?;
     Some(((h * 3600.0 + m * 60.0 + sec) * 1000.0) as u64)
 }
 
@@ -897,7 +1001,14 @@ fn exec_text(o: &ExecOut) -> String {
 
 /// One output stream for a model: `head` is the stream from `cursor`; `tail`, when
 /// the head chunk did not reach the end, is the stream's last bytes.
-fn stream(head: &str, tail: Option<&str>, cursor: u64, total: u64, limit: usize, hint: &str) -> (String, bool) {
+fn stream(
+    head: &str,
+    tail: Option<&str>,
+    cursor: u64,
+    total: u64,
+    limit: usize,
+    hint: &str,
+) -> (String, bool) {
     match tail {
         None => {
             let (s, cut) = cap(head, limit, hint);
@@ -916,7 +1027,13 @@ fn stream(head: &str, tail: Option<&str>, cursor: u64, total: u64, limit: usize,
 }
 
 /// The last bytes of each stream the first chunk did not reach.
-async fn tails(ctx: &Ctx, app: &str, id: &str, job: &Job, limit: usize) -> Result<Option<Job>, ToolError> {
+async fn tails(
+    ctx: &Ctx,
+    app: &str,
+    id: &str,
+    job: &Job,
+    limit: usize,
+) -> Result<Option<Job>, ToolError> {
     if job.next_cursor >= job.stdout_bytes && job.next_stderr_cursor >= job.stderr_bytes {
         return Ok(None);
     }
@@ -928,7 +1045,9 @@ async fn tails(ctx: &Ctx, app: &str, id: &str, job: &Job, limit: usize) -> Resul
             id,
             &job.id,
             job.stdout_bytes.saturating_sub(half).max(job.next_cursor),
-            job.stderr_bytes.saturating_sub(half).max(job.next_stderr_cursor),
+            job.stderr_bytes
+                .saturating_sub(half)
+                .max(job.next_stderr_cursor),
             None,
         )
         .await?;
@@ -963,7 +1082,11 @@ async fn exec(ctx: &Ctx, a: ExecArgs, progress: Option<&dyn Progress>) -> R {
     if !a.background {
         let deadline = started + FOREGROUND_WAIT;
         // Short waits when the client wants progress, so it hears from us.
-        let step = if progress.is_some() { 5 } else { FOREGROUND_WAIT.as_secs() };
+        let step = if progress.is_some() {
+            5
+        } else {
+            FOREGROUND_WAIT.as_secs()
+        };
         loop {
             let left = deadline.saturating_duration_since(Instant::now()).as_secs();
             if left == 0 {
@@ -979,7 +1102,11 @@ async fn exec(ctx: &Ctx, a: ExecArgs, progress: Option<&dyn Progress>) -> R {
             if let Some(p) = progress {
                 p.report(
                     started.elapsed().as_secs_f64(),
-                    format!("job {} running for {} s", job.id, started.elapsed().as_secs()),
+                    format!(
+                        "job {} running for {} s",
+                        job.id,
+                        started.elapsed().as_secs()
+                    ),
                 )
                 .await;
             }
@@ -988,7 +1115,8 @@ async fn exec(ctx: &Ctx, a: ExecArgs, progress: Option<&dyn Progress>) -> R {
         if !job.is_running() {
             tail = tails(ctx, &app, &id, &job, limit).await?;
             // The answer is in hand: the finished job need not be kept.
-            let (client, app, id, job_id) = (ctx.client.clone(), app.clone(), id.clone(), job.id.clone());
+            let (client, app, id, job_id) =
+                (ctx.client.clone(), app.clone(), id.clone(), job.id.clone());
             tokio::spawn(async move {
                 let _ = client.cancel_job(&app, &id, &job_id).await;
             });
@@ -1093,10 +1221,13 @@ fn binary(app: &str, id: &str, path: String, bytes: Vec<u8>, size: u64, mode: St
         content: blob.clone(),
         truncated: false,
     };
-    let mut result = out(&o, format!("{path}: {size} bytes of {mime} (base64 in the resource block)"))?;
-    result
-        .extra
-        .push(ContentBlock::resource(ResourceContents::blob(blob, uri).with_mime_type(mime)));
+    let mut result = out(
+        &o,
+        format!("{path}: {size} bytes of {mime} (base64 in the resource block)"),
+    )?;
+    result.extra.push(ContentBlock::resource(
+        ResourceContents::blob(blob, uri).with_mime_type(mime),
+    ));
     Ok(result)
 }
 
@@ -1105,7 +1236,12 @@ async fn file_write(ctx: &Ctx, a: WriteArgs) -> R {
     let contents = if a.base64 {
         base64::engine::general_purpose::STANDARD
             .decode(a.content.as_bytes())
-            .map_err(|e| ToolError::new("bad_request", format!("content is not valid base64 ({e}); send text with base64: false")))?
+            .map_err(|e| {
+                ToolError::new(
+                    "bad_request",
+                    format!("content is not valid base64 ({e}); send text with base64: false"),
+                )
+            })?
     } else {
         a.content.into_bytes()
     };
@@ -1123,7 +1259,12 @@ async fn file_write(ctx: &Ctx, a: WriteArgs) -> R {
         .as_deref()
         .map(|m| u32::from_str_radix(m, 8))
         .transpose()
-        .map_err(|_| ToolError::new("bad_request", "mode must be octal digits such as \"644\" or \"755\""))?;
+        .map_err(|_| {
+            ToolError::new(
+                "bad_request",
+                "mode must be octal digits such as \"644\" or \"755\"",
+            )
+        })?;
     let id = ctx.machine(&app, &a.machine).await?;
     let options = WriteFileOptions {
         mode,
@@ -1135,7 +1276,13 @@ async fn file_write(ctx: &Ctx, a: WriteArgs) -> R {
         .write_file(&app, &id, &a.path, contents, &options)
         .await?;
     let text = format!("wrote {len} bytes to {}", a.path);
-    out(&PathOut { path: a.path, ok: true }, text)
+    out(
+        &PathOut {
+            path: a.path,
+            ok: true,
+        },
+        text,
+    )
 }
 
 async fn file_list(ctx: &Ctx, a: PathArgs) -> R {
@@ -1161,7 +1308,13 @@ async fn file_list(ctx: &Ctx, a: PathArgs) -> R {
         .map(|e| format!("{} {} {}", e.kind, e.size, e.name))
         .collect::<Vec<_>>()
         .join("\n");
-    out(&FileListOut { path: a.path, entries }, text)
+    out(
+        &FileListOut {
+            path: a.path,
+            entries,
+        },
+        text,
+    )
 }
 
 async fn file_delete(ctx: &Ctx, a: DeleteArgs) -> R {
@@ -1171,7 +1324,13 @@ async fn file_delete(ctx: &Ctx, a: DeleteArgs) -> R {
         .remove_file(&app, &id, &a.path, a.recursive)
         .await?;
     let text = format!("deleted {}", a.path);
-    out(&PathOut { path: a.path, ok: true }, text)
+    out(
+        &PathOut {
+            path: a.path,
+            ok: true,
+        },
+        text,
+    )
 }
 
 async fn checkpoint(ctx: &Ctx, a: CheckpointArgs) -> R {
@@ -1192,7 +1351,9 @@ async fn checkpoint(ctx: &Ctx, a: CheckpointArgs) -> R {
     };
     let text = match a.action {
         CheckpointAction::Create => {
-            let cp = c.create_checkpoint(&app, &id, a.checkpoint.as_deref()).await?;
+            let cp = c
+                .create_checkpoint(&app, &id, a.checkpoint.as_deref())
+                .await?;
             o.action = "create".into();
             let text = format!("checkpoint {} ({}) taken", cp.name, cp.id);
             o.checkpoint = Some(cp.into());
@@ -1255,12 +1416,21 @@ async fn machine_fork(ctx: &Ctx, a: ForkArgs) -> R {
     let fork = ctx.client.fork_machine(&app, &id, &req).await?;
     let o = ForkOut {
         checkpoint: fork.checkpoint,
-        machines: fork.machines.iter().map(|m| MachineOut::new(&app, m)).collect(),
+        machines: fork
+            .machines
+            .iter()
+            .map(|m| MachineOut::new(&app, m))
+            .collect(),
     };
     let text = o
         .machines
         .iter()
-        .map(|m| format!("forked {} ({}) from checkpoint {}", m.name, m.id, o.checkpoint))
+        .map(|m| {
+            format!(
+                "forked {} ({}) from checkpoint {}",
+                m.name, m.id, o.checkpoint
+            )
+        })
         .collect::<Vec<_>>()
         .join("\n");
     out(&o, text)
@@ -1286,7 +1456,13 @@ async fn machine_logs(ctx: &Ctx, a: LogsArgs) -> R {
         .collect::<Vec<_>>()
         .join("\n");
     let (text, _) = cap(&text, DEFAULT_OUTPUT_CAP, "ask for fewer lines");
-    out(&LogsOut { machine_id: id, lines }, text)
+    out(
+        &LogsOut {
+            machine_id: id,
+            lines,
+        },
+        text,
+    )
 }
 
 async fn image_list(ctx: &Ctx, _: NoArgs) -> R {
@@ -1303,7 +1479,11 @@ async fn image_list(ctx: &Ctx, _: NoArgs) -> R {
             }
         })
         .collect();
-    let text = images.iter().map(|i| i.reference.as_str()).collect::<Vec<_>>().join("\n");
+    let text = images
+        .iter()
+        .map(|i| i.reference.as_str())
+        .collect::<Vec<_>>()
+        .join("\n");
     out(&ImagesOut { images }, text)
 }
 
@@ -1321,7 +1501,13 @@ async fn image_pull(ctx: &Ctx, a: ImageArgs) -> R {
 async fn image_remove(ctx: &Ctx, a: ImageArgs) -> R {
     ctx.client.remove_image(&a.reference).await?;
     let text = format!("removed {}", a.reference);
-    out(&OkOut { ok: true, name: a.reference }, text)
+    out(
+        &OkOut {
+            ok: true,
+            name: a.reference,
+        },
+        text,
+    )
 }
 
 async fn app_list(ctx: &Ctx, _: NoArgs) -> R {
@@ -1342,19 +1528,34 @@ async fn app_list(ctx: &Ctx, _: NoArgs) -> R {
 async fn app_create(ctx: &Ctx, a: AppNameArgs) -> R {
     ctx.ensure_app(&a.app).await?;
     let text = format!("app {} exists", a.app);
-    out(&OkOut { ok: true, name: a.app }, text)
+    out(
+        &OkOut {
+            ok: true,
+            name: a.app,
+        },
+        text,
+    )
 }
 
 async fn app_delete(ctx: &Ctx, a: AppNameArgs) -> R {
     if !a.confirm {
         return Err(ToolError::new(
             "confirmation_required",
-            format!("deleting app {} cannot be undone; call again with confirm: true", a.app),
+            format!(
+                "deleting app {} cannot be undone; call again with confirm: true",
+                a.app
+            ),
         ));
     }
     ctx.client.delete_app(&a.app).await?;
     let text = format!("app {} deleted", a.app);
-    out(&OkOut { ok: true, name: a.app }, text)
+    out(
+        &OkOut {
+            ok: true,
+            name: a.app,
+        },
+        text,
+    )
 }
 
 /// The error result's structured body, for callers that render it.

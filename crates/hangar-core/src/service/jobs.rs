@@ -50,9 +50,7 @@ impl TryFrom<CreateJobRequest> for JobRequest {
         }
         let timeout = match req.timeout {
             None | Some(0) => DEFAULT_JOB_TIMEOUT,
-            Some(secs) if Duration::from_secs(secs) <= MAX_JOB_TIMEOUT => {
-                Duration::from_secs(secs)
-            }
+            Some(secs) if Duration::from_secs(secs) <= MAX_JOB_TIMEOUT => Duration::from_secs(secs),
             Some(secs) => {
                 return Err(Error::bad_request(format!(
                     "job timeout {secs}s is too long: use at most {}s",
@@ -101,7 +99,13 @@ impl JobTable {
         f(&mut self.jobs.lock().expect("job table poisoned"))
     }
 
-    fn finish(&self, machine: &MachineId, job: &str, state: JobState, out: Option<(Vec<u8>, Vec<u8>)>) {
+    fn finish(
+        &self,
+        machine: &MachineId,
+        job: &str,
+        state: JobState,
+        out: Option<(Vec<u8>, Vec<u8>)>,
+    ) {
         self.with(|jobs| {
             if let Some(entry) = jobs
                 .get_mut(machine)
@@ -364,7 +368,10 @@ mod tests {
             command: vec!["true".into()],
             ..Default::default()
         };
-        assert_eq!(JobRequest::try_from(ok).unwrap().timeout, DEFAULT_JOB_TIMEOUT);
+        assert_eq!(
+            JobRequest::try_from(ok).unwrap().timeout,
+            DEFAULT_JOB_TIMEOUT
+        );
     }
 
     #[test]

@@ -36,8 +36,8 @@ use crate::store::{Store, StoreError};
 
 pub use checkpoints::MAX_FORKS;
 pub use exec::ExecRequest;
-pub use jobs::{DEFAULT_JOB_TIMEOUT, JobRequest, MAX_JOB_TIMEOUT};
 pub use files::{FileRead, MAX_FILE_SIZE, WriteFileRequest, parse_mode};
+pub use jobs::{DEFAULT_JOB_TIMEOUT, JobRequest, MAX_JOB_TIMEOUT};
 pub use logs::LogFollow;
 
 /// Who is asking, as far as leases go.
