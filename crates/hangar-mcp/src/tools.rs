@@ -1294,7 +1294,7 @@ async fn file_list(ctx: &Ctx, a: PathArgs) -> R {
         .await?
         .into_iter()
         .map(|e| FileEntryOut {
-            kind: serde_json::to_value(&e.kind)
+            kind: serde_json::to_value(e.kind)
                 .ok()
                 .and_then(|v| v.as_str().map(str::to_string))
                 .unwrap_or_default(),
