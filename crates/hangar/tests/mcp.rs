@@ -3,8 +3,6 @@
 
 mod common;
 
-use std::time::Duration;
-
 use common::{BIN, Daemon, busybox, launch, setup};
 use rmcp::model::{CallToolRequestParams, CallToolResult, ReadResourceRequestParams};
 use rmcp::service::RunningService;
@@ -380,8 +378,28 @@ async fn streamable_http_needs_the_token_and_acts_with_it() {
     // With no app given and no default, the model is told what to pass.
     let no_app = call(&mcp, "machine_list", json!({})).await;
     assert_eq!(err(&no_app)["code"], "bad_request");
+
+    // A job outlives the MCP session that started it.
+    let started = call(
+        &mcp,
+        "exec",
+        json!({"app": app, "machine": id, "command": ["sh", "-c", "echo survived; exit 5"], "background": true}),
+    )
+    .await;
+    let job = ok(&started)["job"].clone();
     let _ = mcp.cancel().await;
-    let _ = Duration::ZERO;
+    let mcp = http(&daemon).await;
+    let poll = call(
+        &mcp,
+        "job_poll",
+        json!({"app": app, "machine": id, "job": job, "wait_secs": 20}),
+    )
+    .await;
+    let out = ok(&poll);
+    assert_eq!(out["state"], "exited");
+    assert_eq!(out["exit_code"], 5);
+    assert_eq!(out["stdout"], "survived\n");
+    let _ = mcp.cancel().await;
 }
 
 /// The Python SDK's venv that scripts/install-deps makes, if it is there.
