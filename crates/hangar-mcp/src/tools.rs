@@ -780,6 +780,7 @@ pub async fn call(
         "checkpoint" => run!(checkpoint),
         "machine_fork" => run!(machine_fork),
         "machine_logs" => run!(machine_logs),
+        // `expose` (Client::expose) is dispatched here, next to its catalogue entry.
         "image_list" if has(Toolset::Images) => run!(image_list),
         "image_pull" if has(Toolset::Images) => run!(image_pull),
         "image_remove" if has(Toolset::Images) => run!(image_remove),
