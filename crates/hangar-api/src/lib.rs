@@ -10,6 +10,7 @@ pub mod error;
 mod extract;
 mod files;
 mod images;
+mod jobs;
 mod machines;
 mod network;
 pub mod openapi;
@@ -110,6 +111,14 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_FILE_BODY)),
         )
         .route(&format!("{machine}/files/mkdir"), post(files::mkdir))
+        .route(
+            &format!("{machine}/jobs"),
+            get(jobs::list).post(jobs::create),
+        )
+        .route(
+            &format!("{machine}/jobs/{{job}}"),
+            get(jobs::get).delete(jobs::cancel),
+        )
         .route(
             &format!("{machine}/metadata/{{key}}"),
             post(machines::set_metadata).delete(machines::delete_metadata),

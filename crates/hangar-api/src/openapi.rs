@@ -4,11 +4,11 @@ use axum::Json;
 use hangar_types::MachineMount;
 use utoipa::OpenApi;
 
-use crate::{checkpoints, files, images, machines, network, volumes};
+use crate::{checkpoints, files, images, jobs, machines, network, volumes};
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend, checkpoints, fork, files, egress policy); volumes are Fly's."),
+    info(title = "hangar Machines API", version = "1", description = "The Fly Machines API v1 dialect, with hangar's additions (images, registries, logs, suspend, checkpoints, fork, files, egress policy, jobs); volumes are Fly's."),
     paths(
         machines::list_apps, machines::create_app, machines::get_app, machines::delete_app,
         machines::list_machines, machines::create_machine, machines::get_machine, machines::update_machine,
@@ -25,6 +25,7 @@ use crate::{checkpoints, files, images, machines, network, volumes};
         volumes::list, volumes::create, volumes::get, volumes::update, volumes::delete,
         volumes::extend, volumes::list_snapshots, volumes::create_snapshot,
         network::get_egress, network::set_egress,
+        jobs::create, jobs::list, jobs::get, jobs::cancel,
     ),
     components(schemas(MachineMount)),
     modifiers(&BearerAuth),

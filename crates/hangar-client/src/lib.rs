@@ -561,6 +561,45 @@ impl Client {
         self.call_empty::<()>(Method::DELETE, &path, None).await
     }
 
+    // Background jobs.
+
+    /// Starts `req.command` in the machine and returns at once.
+    pub async fn create_job(&self, app: &str, id: &str, req: &CreateJobRequest) -> Result<Job> {
+        let path = format!("/v1/apps/{app}/machines/{id}/jobs");
+        self.call(Method::POST, &path, Some(req)).await
+    }
+
+    pub async fn list_jobs(&self, app: &str, id: &str) -> Result<Vec<Job>> {
+        let path = format!("/v1/apps/{app}/machines/{id}/jobs");
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    /// The job and its output from the cursors on; with `wait_secs`, after waiting
+    /// that long (at most 50 s) for it to end.
+    pub async fn get_job(
+        &self,
+        app: &str,
+        id: &str,
+        job: &str,
+        cursor: u64,
+        stderr_cursor: u64,
+        wait_secs: Option<u64>,
+    ) -> Result<Job> {
+        let mut path = format!(
+            "/v1/apps/{app}/machines/{id}/jobs/{}?cursor={cursor}&stderr_cursor={stderr_cursor}",
+            encode_segment(job)
+        );
+        if let Some(wait) = wait_secs {
+            path.push_str(&format!("&wait={wait}"));
+        }
+        self.call::<(), _>(Method::GET, &path, None).await
+    }
+
+    pub async fn cancel_job(&self, app: &str, id: &str, job: &str) -> Result<Job> {
+        let path = format!("/v1/apps/{app}/machines/{id}/jobs/{}", encode_segment(job));
+        self.call::<(), _>(Method::DELETE, &path, None).await
+    }
+
     // Images.
 
     pub async fn list_images(&self) -> Result<Vec<ImageSummary>> {

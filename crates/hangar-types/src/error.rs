@@ -39,6 +39,8 @@ pub enum ErrorCode {
     VolumeAttached,
     /// No such file or directory inside the machine (404).
     FileNotFound,
+    /// No such background job of this machine (404).
+    JobNotFound,
     /// A path component, or the path itself, is not a directory (400).
     NotADirectory,
     /// The path is a directory where a file was expected, or is not empty (409).
@@ -99,6 +101,7 @@ impl ErrorCode {
             ErrorCode::VolumeSnapshotNotFound => "volume_snapshot_not_found",
             ErrorCode::VolumeAttached => "volume_attached",
             ErrorCode::FileNotFound => "file_not_found",
+            ErrorCode::JobNotFound => "job_not_found",
             ErrorCode::NotADirectory => "not_a_directory",
             ErrorCode::IsADirectory => "is_a_directory",
             ErrorCode::InvalidPath => "invalid_path",
@@ -137,7 +140,8 @@ impl ErrorCode {
             | ErrorCode::CheckpointNotFound
             | ErrorCode::VolumeNotFound
             | ErrorCode::VolumeSnapshotNotFound
-            | ErrorCode::FileNotFound => 404,
+            | ErrorCode::FileNotFound
+            | ErrorCode::JobNotFound => 404,
             ErrorCode::Timeout => 408,
             ErrorCode::AppExists
             | ErrorCode::AppNotEmpty
@@ -191,6 +195,7 @@ mod tests {
             ErrorCode::VolumeSnapshotNotFound,
             ErrorCode::VolumeAttached,
             ErrorCode::StorageFull,
+            ErrorCode::JobNotFound,
         ] {
             let json = serde_json::to_string(&code).unwrap();
             assert_eq!(json, format!("\"{}\"", code.as_str()));

@@ -8,6 +8,7 @@
 pub mod error;
 pub mod files;
 pub mod image;
+pub mod jobs;
 pub mod machine;
 pub mod network;
 pub mod storage;
@@ -16,6 +17,7 @@ pub mod volume;
 pub use error::{ErrorCode, ErrorResponse};
 pub use files::*;
 pub use image::*;
+pub use jobs::*;
 pub use machine::*;
 pub use network::*;
 pub use storage::*;

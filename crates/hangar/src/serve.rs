@@ -58,6 +58,12 @@ pub struct ServeArgs {
     /// (default: the host's /etc/resolv.conf).
     #[arg(long, env = "HANGAR_DNS_UPSTREAM")]
     pub dns_upstream: Option<String>,
+    /// The app MCP tools use when a call names none.
+    #[arg(long, env = "HANGAR_APP")]
+    pub mcp_app: Option<String>,
+    /// Opt-in MCP toolsets: images, apps, volumes (comma-separated) or all.
+    #[arg(long, env = "HANGAR_MCP_TOOLSETS", default_value = "")]
+    pub mcp_toolsets: String,
     /// Log format: `text` or `json`.
     #[arg(long, env = "HANGAR_LOG_FORMAT", default_value = "text")]
     pub log_format: String,
@@ -109,16 +115,30 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
-    let router = hangar_api::router(AppState {
-        service,
-        token: Token::new(token),
-        metrics: Some(metrics),
-    });
-
+    let token = Token::new(token);
     let listener = tokio::net::TcpListener::bind(&args.api_listen)
         .await
         .with_context(|| format!("binding the API to {}", args.api_listen))?;
-    announce("api", listener.local_addr()?);
+    let api_addr = listener.local_addr()?;
+    // MCP over HTTP calls this same API with the caller's own token.
+    let check = token.clone();
+    let mcp = hangar_mcp::http::router(
+        hangar_mcp::Config {
+            api: api_addr.to_string(),
+            default_app: args.mcp_app.clone(),
+            toolsets: hangar_mcp::Toolset::parse_list(&args.mcp_toolsets)
+                .map_err(anyhow::Error::msg)?,
+        },
+        std::sync::Arc::new(move |candidate: &str| check.matches(candidate)),
+        shutdown.clone(),
+    );
+    let router = hangar_api::router(AppState {
+        service,
+        token,
+        metrics: Some(metrics),
+    })
+    .merge(mcp);
+    announce("api", api_addr);
     if args.proxy_listen.is_some() || args.proxy_tls_listen.is_some() {
         tracing::warn!(
             "the edge proxy is not part of this build yet; --proxy-listen is accepted and ignored"

@@ -291,6 +291,7 @@ impl Service {
         if machine.state != MachineState::Destroying {
             self.set_state(machine, MachineState::Destroying).await?;
         }
+        self.jobs.forget(&machine.id);
         if let Err(err) = self.driver.destroy(&machine.id).await {
             self.event(
                 machine,

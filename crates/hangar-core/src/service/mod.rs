@@ -11,6 +11,7 @@ mod checkpoints;
 mod exec;
 mod files;
 mod images;
+mod jobs;
 mod lease;
 mod lifecycle;
 mod logs;
@@ -39,6 +40,7 @@ use crate::store::{Store, StoreError};
 pub use checkpoints::MAX_FORKS;
 pub use exec::ExecRequest;
 pub use files::{FileRead, MAX_FILE_SIZE, WriteFileRequest, parse_mode};
+pub use jobs::{DEFAULT_JOB_TIMEOUT, JobRequest, MAX_JOB_TIMEOUT};
 pub use logs::LogFollow;
 pub use volumes::MAX_VOLUME_GB;
 
@@ -83,6 +85,7 @@ pub struct Service {
     /// while a volume is deleted, extended or copied.
     volume_lock: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<StateChange>,
+    jobs: jobs::JobTable,
 }
 
 impl Service {
@@ -113,6 +116,7 @@ impl Service {
             locks: Mutex::new(HashMap::new()),
             volume_lock: tokio::sync::Mutex::new(()),
             changes,
+            jobs: jobs::JobTable::default(),
         })
     }
 

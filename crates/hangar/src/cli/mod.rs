@@ -7,6 +7,7 @@ mod checkpoint;
 mod files;
 mod image;
 mod machine;
+mod mcp;
 mod output;
 mod registry;
 mod volume;
@@ -52,6 +53,8 @@ pub enum Command {
     /// Persistent volumes: create, list, show, extend, snapshot, fork, destroy.
     #[command(subcommand, alias = "vol")]
     Volume(volume::VolumeCommand),
+    /// Serve the platform as MCP tools over stdio.
+    Mcp(mcp::McpArgs),
 }
 
 pub async fn run(cli: Cli) -> Result<ExitCode> {
@@ -65,6 +68,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Volume(cmd) => volume::run(&client(), cmd, cli.json)
             .await
             .map(|()| ExitCode::SUCCESS),
+        Command::Mcp(args) => mcp::run(args).await,
     }
 }
 

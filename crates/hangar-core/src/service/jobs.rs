@@ -1,0 +1,383 @@
+//! Background jobs: a command started in a machine that outlives the request which
+//! started it. The job runs in a task of the daemon, so a caller that disconnects
+//! (an MCP client timing out, a closed terminal) loses nothing: its output and exit
+//! status wait here to be fetched from a cursor.
+//!
+//! Jobs are kept in memory, bounded per machine, and forgotten with the machine.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use hangar_types::{CreateJobRequest, ErrorCode, Job};
+use tokio::sync::watch;
+
+use super::Service;
+use crate::config;
+use crate::driver::ExecSpec;
+use crate::error::{Error, Result};
+use crate::ids::{MachineId, random_hex};
+
+pub const DEFAULT_JOB_TIMEOUT: Duration = Duration::from_secs(3600);
+pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(86_400);
+/// Jobs kept per machine; the oldest finished one is forgotten past this.
+pub const MAX_JOBS_PER_MACHINE: usize = 64;
+/// Most output bytes of each stream returned by one poll.
+pub const MAX_JOB_CHUNK: usize = 1 << 20;
+
+/// A parsed job request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobRequest {
+    pub argv: Vec<String>,
+    pub stdin: Vec<u8>,
+    pub timeout: Duration,
+}
+
+impl TryFrom<CreateJobRequest> for JobRequest {
+    type Error = Error;
+
+    fn try_from(req: CreateJobRequest) -> Result<Self> {
+        if req.command.is_empty() || req.command[0].is_empty() {
+            return Err(Error::bad_request(
+                "a job needs a command: pass \"command\": [\"make\", \"test\"]",
+            ));
+        }
+        if req.command.iter().any(|a| a.contains('\0')) {
+            return Err(Error::bad_request(
+                "job command arguments cannot contain NUL bytes",
+            ));
+        }
+        let timeout = match req.timeout {
+            None | Some(0) => DEFAULT_JOB_TIMEOUT,
+            Some(secs) if Duration::from_secs(secs) <= MAX_JOB_TIMEOUT => Duration::from_secs(secs),
+            Some(secs) => {
+                return Err(Error::bad_request(format!(
+                    "job timeout {secs}s is too long: use at most {}s",
+                    MAX_JOB_TIMEOUT.as_secs()
+                )));
+            }
+        };
+        Ok(JobRequest {
+            argv: req.command,
+            stdin: req.stdin.unwrap_or_default().into_bytes(),
+            timeout,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum JobState {
+    Running,
+    Exited { code: i32, signal: Option<i32> },
+    TimedOut { code: i32, signal: Option<i32> },
+    Cancelled,
+    Failed(String),
+}
+
+struct JobEntry {
+    id: String,
+    machine_id: MachineId,
+    argv: Vec<String>,
+    created_at: DateTime<Utc>,
+    finished_at: Option<DateTime<Utc>>,
+    state: JobState,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    task: Option<tokio::task::AbortHandle>,
+    done: watch::Sender<bool>,
+}
+
+/// Every machine's jobs.
+#[derive(Default)]
+pub(crate) struct JobTable {
+    jobs: Mutex<HashMap<MachineId, Vec<JobEntry>>>,
+}
+
+impl JobTable {
+    fn with<T>(&self, f: impl FnOnce(&mut HashMap<MachineId, Vec<JobEntry>>) -> T) -> T {
+        f(&mut self.jobs.lock().expect("job table poisoned"))
+    }
+
+    fn finish(
+        &self,
+        machine: &MachineId,
+        job: &str,
+        state: JobState,
+        out: Option<(Vec<u8>, Vec<u8>)>,
+    ) {
+        self.with(|jobs| {
+            if let Some(entry) = jobs
+                .get_mut(machine)
+                .and_then(|list| list.iter_mut().find(|j| j.id == job))
+            {
+                // A cancel got there first: keep its verdict.
+                if entry.state != JobState::Running {
+                    return;
+                }
+                entry.state = state;
+                entry.finished_at = Some(Utc::now());
+                if let Some((stdout, stderr)) = out {
+                    entry.stdout = stdout;
+                    entry.stderr = stderr;
+                }
+                entry.task = None;
+                let _ = entry.done.send(true);
+            }
+        });
+    }
+
+    /// Forgets a machine's jobs (it was destroyed), stopping the ones that run.
+    pub(crate) fn forget(&self, machine: &MachineId) {
+        self.with(|jobs| {
+            for job in jobs.remove(machine).unwrap_or_default() {
+                if let Some(task) = job.task {
+                    task.abort();
+                }
+            }
+        });
+    }
+}
+
+fn not_found(app: &str, id: &str, job: &str) -> Error {
+    Error::request(
+        ErrorCode::JobNotFound,
+        format!(
+            "job {job:?} was not found on machine {id}; list its jobs with GET /v1/apps/{app}/machines/{id}/jobs"
+        ),
+    )
+}
+
+fn slice_from(data: &[u8], cursor: u64) -> (&[u8], u64) {
+    let start = (cursor as usize).min(data.len());
+    let end = data.len().min(start + MAX_JOB_CHUNK);
+    (&data[start..end], end as u64)
+}
+
+fn render(entry: &JobEntry, cursor: u64, stderr_cursor: u64) -> Job {
+    let (stdout, next_cursor) = slice_from(&entry.stdout, cursor);
+    let (stderr, next_stderr_cursor) = slice_from(&entry.stderr, stderr_cursor);
+    let (state, exit_code, exit_signal, error) = match &entry.state {
+        JobState::Running => ("running", None, None, None),
+        JobState::Exited { code, signal } => ("exited", Some(*code), *signal, None),
+        JobState::TimedOut { code, signal } => ("timed_out", Some(*code), *signal, None),
+        JobState::Cancelled => ("cancelled", None, None, None),
+        JobState::Failed(message) => ("failed", None, None, Some(message.clone())),
+    };
+    Job {
+        id: entry.id.clone(),
+        machine_id: entry.machine_id.to_string(),
+        command: entry.argv.clone(),
+        state: state.to_string(),
+        exit_code,
+        exit_signal,
+        error,
+        created_at: entry.created_at.to_rfc3339(),
+        finished_at: entry.finished_at.map(|t| t.to_rfc3339()),
+        stdout: String::from_utf8_lossy(stdout).into_owned(),
+        stderr: String::from_utf8_lossy(stderr).into_owned(),
+        cursor: cursor.min(entry.stdout.len() as u64),
+        next_cursor,
+        stderr_cursor: stderr_cursor.min(entry.stderr.len() as u64),
+        next_stderr_cursor,
+        stdout_bytes: entry.stdout.len() as u64,
+        stderr_bytes: entry.stderr.len() as u64,
+    }
+}
+
+impl Service {
+    /// Starts a command in a started machine and returns at once.
+    pub async fn create_job(self: &Arc<Self>, app: &str, id: &str, req: JobRequest) -> Result<Job> {
+        let machine = self.live_machine(app, id).await?;
+        self.require_started(&machine, "run a job in")?;
+        let spec = ExecSpec {
+            argv: req.argv.clone(),
+            env: config::environment(
+                machine.id.as_str(),
+                app,
+                &machine.config,
+                &machine.image.config,
+            ),
+            cwd: machine.image.config.working_dir.clone(),
+            user: machine.image.config.user.clone(),
+            stdin: req.stdin,
+            timeout: req.timeout,
+        };
+        let job_id = format!("job_{}", random_hex(8));
+        let (done, _) = watch::channel(false);
+        let entry = JobEntry {
+            id: job_id.clone(),
+            machine_id: machine.id.clone(),
+            argv: req.argv,
+            created_at: Utc::now(),
+            finished_at: None,
+            state: JobState::Running,
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            task: None,
+            done,
+        };
+        let rendered = render(&entry, 0, 0);
+        self.jobs.with(|jobs| {
+            let list = jobs.entry(machine.id.clone()).or_default();
+            while list.len() >= MAX_JOBS_PER_MACHINE {
+                match list.iter().position(|j| j.state != JobState::Running) {
+                    Some(oldest) => drop(list.remove(oldest)),
+                    None => break,
+                }
+            }
+            list.push(entry);
+        });
+        if self.jobs.with(|jobs| jobs[&machine.id].len()) > MAX_JOBS_PER_MACHINE {
+            self.jobs.with(|jobs| {
+                if let Some(list) = jobs.get_mut(&machine.id) {
+                    list.retain(|j| j.id != job_id);
+                }
+            });
+            return Err(Error::request(
+                ErrorCode::InvalidState,
+                format!(
+                    "machine {id} already runs {MAX_JOBS_PER_MACHINE} jobs; wait for one to end or cancel one"
+                ),
+            ));
+        }
+        let service = Arc::clone(self);
+        let (machine_id, job) = (machine.id.clone(), job_id.clone());
+        let task = tokio::spawn(async move {
+            let result = service.driver.exec(&machine_id, &spec).await;
+            let (state, out) = match result {
+                Ok(out) if out.timed_out => (
+                    JobState::TimedOut {
+                        code: out.status.code,
+                        signal: out.status.signal,
+                    },
+                    Some((out.stdout, out.stderr)),
+                ),
+                Ok(out) => (
+                    JobState::Exited {
+                        code: out.status.code,
+                        signal: out.status.signal,
+                    },
+                    Some((out.stdout, out.stderr)),
+                ),
+                Err(err) => (JobState::Failed(Error::from(err).public_message()), None),
+            };
+            service.jobs.finish(&machine_id, &job, state, out);
+        });
+        self.jobs.with(|jobs| {
+            if let Some(entry) = jobs
+                .get_mut(&machine.id)
+                .and_then(|l| l.iter_mut().find(|j| j.id == job_id))
+                && entry.state == JobState::Running
+            {
+                entry.task = Some(task.abort_handle());
+            }
+        });
+        metrics::counter!("hangar_jobs_started_total").increment(1);
+        Ok(rendered)
+    }
+
+    /// The machine's jobs, newest last, without their output.
+    pub async fn list_jobs(&self, app: &str, id: &str) -> Result<Vec<Job>> {
+        let machine = self.machine(app, id).await?;
+        Ok(self.jobs.with(|jobs| {
+            jobs.get(&machine.id)
+                .map(|list| {
+                    list.iter()
+                        .map(|j| {
+                            let mut job = render(j, u64::MAX, u64::MAX);
+                            job.cursor = 0;
+                            job.stderr_cursor = 0;
+                            job
+                        })
+                        .collect()
+                })
+                .unwrap_or_default()
+        }))
+    }
+
+    /// A job and its output from the cursors on. With `wait`, waits up to that long
+    /// for the job to end first.
+    pub async fn get_job(
+        &self,
+        app: &str,
+        id: &str,
+        job: &str,
+        cursor: u64,
+        stderr_cursor: u64,
+        wait: Option<Duration>,
+    ) -> Result<Job> {
+        let machine = self.machine(app, id).await?;
+        let find = || {
+            self.jobs.with(|jobs| {
+                jobs.get(&machine.id)
+                    .and_then(|list| list.iter().find(|j| j.id == job))
+                    .map(|j| (render(j, cursor, stderr_cursor), j.done.subscribe()))
+            })
+        };
+        let (rendered, mut done) = find().ok_or_else(|| not_found(app, id, job))?;
+        let Some(wait) = wait.filter(|_| rendered.is_running()) else {
+            return Ok(rendered);
+        };
+        let _ = tokio::time::timeout(wait, done.wait_for(|d| *d)).await;
+        find()
+            .map(|(job, _)| job)
+            .ok_or_else(|| not_found(app, id, job))
+    }
+
+    /// Stops waiting for a running job and marks it cancelled; a finished job is
+    /// forgotten.
+    pub async fn cancel_job(&self, app: &str, id: &str, job: &str) -> Result<Job> {
+        let machine = self.machine(app, id).await?;
+        self.jobs
+            .with(|jobs| {
+                let list = jobs.get_mut(&machine.id)?;
+                let at = list.iter().position(|j| j.id == job)?;
+                let entry = &mut list[at];
+                if entry.state == JobState::Running {
+                    if let Some(task) = entry.task.take() {
+                        task.abort();
+                    }
+                    entry.state = JobState::Cancelled;
+                    entry.finished_at = Some(Utc::now());
+                    let _ = entry.done.send(true);
+                    Some(render(entry, 0, 0))
+                } else {
+                    let entry = list.remove(at);
+                    Some(render(&entry, 0, 0))
+                }
+            })
+            .ok_or_else(|| not_found(app, id, job))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_checked() {
+        assert!(JobRequest::try_from(CreateJobRequest::default()).is_err());
+        let too_long = CreateJobRequest {
+            command: vec!["sleep".into(), "1".into()],
+            timeout: Some(MAX_JOB_TIMEOUT.as_secs() + 1),
+            stdin: None,
+        };
+        assert!(JobRequest::try_from(too_long).is_err());
+        let ok = CreateJobRequest {
+            command: vec!["true".into()],
+            ..Default::default()
+        };
+        assert_eq!(
+            JobRequest::try_from(ok).unwrap().timeout,
+            DEFAULT_JOB_TIMEOUT
+        );
+    }
+
+    #[test]
+    fn output_is_sliced_from_the_cursor() {
+        let data = b"hello world";
+        assert_eq!(slice_from(data, 6), (&b"world"[..], 11));
+        assert_eq!(slice_from(data, 99), (&b""[..], 11));
+    }
+}
