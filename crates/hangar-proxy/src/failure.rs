@@ -8,7 +8,9 @@ use crate::forward::{Body, full};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProxyError {
-    #[error("no app is served at host {0:?}: use <app>.<base domain> or <machine>.<app>.<base domain>")]
+    #[error(
+        "no app is served at host {0:?}: use <app>.<base domain> or <machine>.<app>.<base domain>"
+    )]
     UnknownHost(String),
     #[error("app {0:?} was not found; create it and a machine with a service first")]
     UnknownApp(String),
@@ -18,11 +20,17 @@ pub enum ProxyError {
         machine: Option<String>,
         port: u16,
     },
-    #[error("machine {0} cannot serve right now (it is not started and fly-force-instance-id allows no other)")]
+    #[error(
+        "machine {0} cannot serve right now (it is not started and fly-force-instance-id allows no other)"
+    )]
     ForcedUnavailable(String),
-    #[error("no machine can take this request: every started machine is at its concurrency hard limit; retry later")]
+    #[error(
+        "no machine can take this request: every started machine is at its concurrency hard limit; retry later"
+    )]
     AtHardLimit,
-    #[error("no machine of this app is started and none may be started for a request (autostart is off)")]
+    #[error(
+        "no machine of this app is started and none may be started for a request (autostart is off)"
+    )]
     NoneStarted,
     #[error("machine {machine} failed to start: {why}")]
     StartFailed { machine: String, why: String },

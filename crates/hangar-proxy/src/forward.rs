@@ -96,7 +96,10 @@ fn is_upgrade(headers: &HeaderMap) -> bool {
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
-            .any(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("upgrade")))
+            .any(|v| {
+                v.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
@@ -227,13 +230,25 @@ impl Proxy {
                 Some(prev) => format!("{prev}, {}", peer.ip()),
                 None => peer.ip().to_string(),
             };
-            h.insert("x-forwarded-for", HeaderValue::from_str(&forwarded_for).expect("ip is ascii"));
-            h.insert("x-forwarded-proto", HeaderValue::from_static(if https { "https" } else { "http" }));
+            h.insert(
+                "x-forwarded-for",
+                HeaderValue::from_str(&forwarded_for).expect("ip is ascii"),
+            );
+            h.insert(
+                "x-forwarded-proto",
+                HeaderValue::from_static(if https { "https" } else { "http" }),
+            );
             if let Ok(v) = HeaderValue::from_str(&host) {
                 h.insert("x-forwarded-host", v);
             }
-            h.insert("x-request-id", HeaderValue::from_str(request_id).expect("hex"));
-            h.insert("fly-request-id", HeaderValue::from_str(request_id).expect("hex"));
+            h.insert(
+                "x-request-id",
+                HeaderValue::from_str(request_id).expect("hex"),
+            );
+            h.insert(
+                "fly-request-id",
+                HeaderValue::from_str(request_id).expect("hex"),
+            );
             if let Some(src) = &replay_src
                 && let Ok(v) = HeaderValue::from_str(src)
             {
@@ -241,18 +256,30 @@ impl Proxy {
             }
 
             self.begin(&candidate.app, &id);
-            let guard = InFlight { proxy: self.clone(), id: id.clone() };
+            let guard = InFlight {
+                proxy: self.clone(),
+                id: id.clone(),
+            };
             let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                 .await
-                .map_err(|e| ProxyError::Upstream { machine: id.clone(), why: e.to_string() })?;
+                .map_err(|e| ProxyError::Upstream {
+                    machine: id.clone(),
+                    why: e.to_string(),
+                })?;
             tokio::spawn(async move {
                 let _ = conn.with_upgrades().await;
             });
-            let mut resp = match tokio::time::timeout(UPSTREAM_TIMEOUT, sender.send_request(up)).await {
-                Err(_) => return Err(ProxyError::UpstreamTimeout(id)),
-                Ok(Err(e)) => return Err(ProxyError::Upstream { machine: id, why: e.to_string() }),
-                Ok(Ok(resp)) => resp,
-            };
+            let mut resp =
+                match tokio::time::timeout(UPSTREAM_TIMEOUT, sender.send_request(up)).await {
+                    Err(_) => return Err(ProxyError::UpstreamTimeout(id)),
+                    Ok(Err(e)) => {
+                        return Err(ProxyError::Upstream {
+                            machine: id,
+                            why: e.to_string(),
+                        });
+                    }
+                    Ok(Ok(resp)) => resp,
+                };
 
             if let Some(value) = header_str(resp.headers(), "fly-replay")
                 && hop < MAX_REPLAYS
@@ -287,18 +314,28 @@ impl Proxy {
                     tokio::spawn(async move {
                         let _guard = guard;
                         if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                            let _ = tokio::io::copy_bidirectional(&mut TokioIo::new(c), &mut TokioIo::new(u)).await;
+                            let _ = tokio::io::copy_bidirectional(
+                                &mut TokioIo::new(c),
+                                &mut TokioIo::new(u),
+                            )
+                            .await;
                         }
                     });
                     let (mut rp, _) = resp.into_parts();
-                    rp.headers.insert("x-request-id", HeaderValue::from_str(request_id).expect("hex"));
+                    rp.headers.insert(
+                        "x-request-id",
+                        HeaderValue::from_str(request_id).expect("hex"),
+                    );
                     return Ok(Response::from_parts(rp, full(Bytes::new())));
                 }
             }
 
             let (mut rp, incoming) = resp.into_parts();
             strip_hop_by_hop(&mut rp.headers, false);
-            rp.headers.insert("x-request-id", HeaderValue::from_str(request_id).expect("hex"));
+            rp.headers.insert(
+                "x-request-id",
+                HeaderValue::from_str(request_id).expect("hex"),
+            );
             // The guard lives as long as the body stream: a long SSE stream counts
             // as load until it ends.
             let body = incoming
@@ -309,10 +346,17 @@ impl Proxy {
                 .boxed();
             return Ok(Response::from_parts(rp, body));
         }
-        Err(ProxyError::Replay(format!("more than {MAX_REPLAYS} replays in a row")))
+        Err(ProxyError::Replay(format!(
+            "more than {MAX_REPLAYS} replays in a row"
+        )))
     }
 
-    async fn choose(&self, target: &Target, steer: &Steer, public_port: u16) -> Result<Candidate, ProxyError> {
+    async fn choose(
+        &self,
+        target: &Target,
+        steer: &Steer,
+        public_port: u16,
+    ) -> Result<Candidate, ProxyError> {
         let candidates = self.candidates(target, public_port).await?;
         if let Some(id) = &steer.force {
             let c = candidates
@@ -366,7 +410,12 @@ impl Proxy {
                 }
                 Err(e) => e.to_string(),
             };
-            let state = self.service.get_machine(&c.app, c.id()).await.map(|m| m.state).unwrap_or_default();
+            let state = self
+                .service
+                .get_machine(&c.app, c.id())
+                .await
+                .map(|m| m.state)
+                .unwrap_or_default();
             if matches!(state.as_str(), "stopped" | "failed" | "destroyed") {
                 return Err(ProxyError::StartFailed {
                     machine: c.id().into(),
@@ -401,7 +450,11 @@ impl Proxy {
             .rev()
             .take(5)
             .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
-            .filter_map(|v| v.get("message").and_then(|m| m.as_str()).map(str::to_string))
+            .filter_map(|v| {
+                v.get("message")
+                    .and_then(|m| m.as_str())
+                    .map(str::to_string)
+            })
             .collect();
         if lines.is_empty() {
             return String::new();
@@ -419,22 +472,36 @@ mod tests {
     fn replay_headers_parse() {
         assert_eq!(
             parse_replay("instance=abc;state=xyz"),
-            Replay { instance: Some("abc".into()), state: Some("xyz".into()), ..Default::default() }
+            Replay {
+                instance: Some("abc".into()),
+                state: Some("xyz".into()),
+                ..Default::default()
+            }
         );
         assert!(parse_replay("elsewhere=true").elsewhere);
-        assert_eq!(parse_replay("prefer_instance=m1").prefer_instance.as_deref(), Some("m1"));
+        assert_eq!(
+            parse_replay("prefer_instance=m1")
+                .prefer_instance
+                .as_deref(),
+            Some("m1")
+        );
         assert_eq!(parse_replay("garbage"), Replay::default());
     }
 
     #[test]
     fn hop_by_hop_headers_go() {
         let mut h = HeaderMap::new();
-        h.insert("connection", HeaderValue::from_static("keep-alive, x-secret"));
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("te", HeaderValue::from_static("trailers"));
         h.insert("x-kept", HeaderValue::from_static("1"));
         strip_hop_by_hop(&mut h, false);
-        assert!(h.get("x-secret").is_none() && h.get("te").is_none() && h.get("connection").is_none());
+        assert!(
+            h.get("x-secret").is_none() && h.get("te").is_none() && h.get("connection").is_none()
+        );
         assert!(h.get("x-kept").is_some());
     }
 }

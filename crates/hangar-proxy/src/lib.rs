@@ -76,7 +76,9 @@ impl Proxy {
 
     pub(crate) async fn session_machine(&self, app: &str, session: &str) -> Option<String> {
         let sessions = self.sessions.lock().expect("session table poisoned");
-        sessions.get(&(app.to_string(), session.to_string())).cloned()
+        sessions
+            .get(&(app.to_string(), session.to_string()))
+            .cloned()
     }
 
     pub(crate) async fn remember_session(&self, app: &str, session: &str, machine: &str) {
@@ -98,8 +100,12 @@ impl Proxy {
         tls: Arc<rustls::ServerConfig>,
         shutdown: CancellationToken,
     ) {
-        self.serve(listener, Some(tokio_rustls::TlsAcceptor::from(tls)), shutdown)
-            .await
+        self.serve(
+            listener,
+            Some(tokio_rustls::TlsAcceptor::from(tls)),
+            shutdown,
+        )
+        .await
     }
 
     async fn serve(

@@ -54,8 +54,10 @@ impl Candidate {
         self.machine.state == "started"
     }
     pub fn can_wake(&self) -> bool {
-        matches!(self.machine.state.as_str(), "stopped" | "suspended" | "created")
-            && self.service.autostart.unwrap_or(true)
+        matches!(
+            self.machine.state.as_str(),
+            "stopped" | "suspended" | "created"
+        ) && self.service.autostart.unwrap_or(true)
     }
 }
 
@@ -131,11 +133,16 @@ impl Proxy {
         for (i, c) in started.iter().enumerate() {
             let n = load.get(c.id()).map_or(0, |l| l.in_flight);
             let limits = c.service.concurrency.as_ref();
-            if limits.and_then(|l| l.hard_limit).is_some_and(|h| n >= h as usize) {
+            if limits
+                .and_then(|l| l.hard_limit)
+                .is_some_and(|h| n >= h as usize)
+            {
                 at_hard_limit += 1;
                 continue;
             }
-            let over_soft = limits.and_then(|l| l.soft_limit).is_some_and(|s| n >= s as usize);
+            let over_soft = limits
+                .and_then(|l| l.soft_limit)
+                .is_some_and(|s| n >= s as usize);
             // Rotate among equals so idle machines share the work.
             let rank = (i + started.len() - turn % started.len().max(1)) % started.len().max(1);
             let key = (usize::from(over_soft) * usize::MAX / 2 + n, rank);
@@ -202,7 +209,8 @@ pub(crate) async fn autostop_idle(proxy: &Proxy) -> Result<(), ProxyError> {
         load.iter()
             .filter(|(_, l)| {
                 l.in_flight == 0
-                    && l.last_active.is_some_and(|t| t.elapsed() >= proxy.options.idle_timeout)
+                    && l.last_active
+                        .is_some_and(|t| t.elapsed() >= proxy.options.idle_timeout)
             })
             .map(|(id, l)| (l.app.clone(), id.clone()))
             .collect()
@@ -233,7 +241,12 @@ pub(crate) async fn autostop_idle(proxy: &Proxy) -> Result<(), ProxyError> {
         }
         tracing::info!(machine = %id, "stopping idle machine");
         let result = match service.autostop() {
-            Autostop::Suspend => proxy.service.suspend_machine(&app, &id, &Caller::default()).await,
+            Autostop::Suspend => {
+                proxy
+                    .service
+                    .suspend_machine(&app, &id, &Caller::default())
+                    .await
+            }
             _ => {
                 proxy
                     .service
@@ -258,11 +271,17 @@ mod tests {
         let b = "hangar.localhost";
         assert_eq!(
             parse_host("web.hangar.localhost:8080", b),
-            Some(Target { app: "web".into(), machine: None })
+            Some(Target {
+                app: "web".into(),
+                machine: None
+            })
         );
         assert_eq!(
             parse_host("ABC123.Web.hangar.localhost", b),
-            Some(Target { app: "web".into(), machine: Some("abc123".into()) })
+            Some(Target {
+                app: "web".into(),
+                machine: Some("abc123".into())
+            })
         );
         assert_eq!(parse_host("hangar.localhost", b), None);
         assert_eq!(parse_host("evilhangar.localhost", b), None);

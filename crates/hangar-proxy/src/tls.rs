@@ -79,7 +79,11 @@ impl LocalCa {
                 // The same subject and key: leaf certificates it signs chain to the
                 // ca.pem written on first start.
                 let cert = ca_params()?.self_signed(&key)?;
-                Ok(LocalCa { cert, key, cert_path })
+                Ok(LocalCa {
+                    cert,
+                    key,
+                    cert_path,
+                })
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 let key = KeyPair::generate()?;
@@ -87,7 +91,11 @@ impl LocalCa {
                 write_private(&key_path, key.serialize_pem().as_bytes())?;
                 std::fs::write(&cert_path, cert.pem())
                     .map_err(io(format!("writing {}", cert_path.display())))?;
-                Ok(LocalCa { cert, key, cert_path })
+                Ok(LocalCa {
+                    cert,
+                    key,
+                    cert_path,
+                })
             }
             Err(e) => Err(io(format!("reading {}", key_path.display()))(e)),
         }
@@ -98,7 +106,8 @@ impl LocalCa {
         let mut params = CertificateParams::new(vec![host.to_string()])?;
         params.distinguished_name.push(DnType::CommonName, host);
         let cert = params.signed_by(&key, &self.cert, &self.key)?;
-        let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| TlsError::Pem(e.to_string()))?;
+        let der = PrivateKeyDer::try_from(key.serialize_der())
+            .map_err(|e| TlsError::Pem(e.to_string()))?;
         let signer = aws_lc_rs::sign::any_supported_type(&der)?;
         Ok(CertifiedKey::new(
             vec![cert.der().clone(), self.cert.der().clone()],
@@ -168,17 +177,23 @@ impl ResolvesServerCert for Issuer {
     }
 }
 
-fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<rustls::ServerConfig>, TlsError> {
-    let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    let mut config =
+        rustls::ServerConfig::builder_with_provider(Arc::new(aws_lc_rs::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }
 
 /// TLS with certificates issued on the fly by the local CA in `dir`.
-pub fn local_ca_config(dir: &Path, base_domain: &str) -> Result<(Arc<rustls::ServerConfig>, PathBuf), TlsError> {
+pub fn local_ca_config(
+    dir: &Path,
+    base_domain: &str,
+) -> Result<(Arc<rustls::ServerConfig>, PathBuf), TlsError> {
     let ca = LocalCa::open(dir)?;
     let path = ca.cert_path.clone();
     let issuer = Issuer {
@@ -205,7 +220,10 @@ pub fn operator_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConf
         .collect::<Result<_, _>>()
         .map_err(|e| TlsError::Pem(format!("reading {}: {e}", cert.display())))?;
     if chain.is_empty() {
-        return Err(TlsError::Pem(format!("{} holds no certificate", cert.display())));
+        return Err(TlsError::Pem(format!(
+            "{} holds no certificate",
+            cert.display()
+        )));
     }
     let key = PrivateKeyDer::from_pem_file(key)
         .map_err(|e| TlsError::Pem(format!("reading {}: {e}", key.display())))?;
