@@ -295,9 +295,8 @@ impl Proxy {
                     steer.force = Some(i);
                 } else if let Some(i) = replay.prefer_instance {
                     steer.prefer = Some(i);
-                } else if replay.elsewhere {
-                    steer.avoid = Some(id.clone());
                 } else {
+                    // `elsewhere=true`, or a replay we cannot place: another machine.
                     steer.avoid = Some(id.clone());
                 }
                 drop(guard);
@@ -308,8 +307,10 @@ impl Proxy {
                 self.remember_session(&target.app, &s, &id).await;
             }
 
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-                if let Some(client_upgrade) = client_upgrade {
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+                && let Some(client_upgrade) = client_upgrade
+            {
+                {
                     let upstream_upgrade = hyper::upgrade::on(&mut resp);
                     tokio::spawn(async move {
                         let _guard = guard;

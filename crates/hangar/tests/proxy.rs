@@ -192,3 +192,37 @@ async fn https_uses_certificates_from_the_local_ca() {
     let mode = std::fs::metadata(key).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expose_publishes_a_running_machine_without_restarting_it() {
+    let app = unique("proxyexpose");
+    let Some((daemon, client)) = setup(&app).await else {
+        return;
+    };
+    let id = launch(&client, &app, busybox(&["sh", "-c", SERVER])).await;
+    let before = client.get_machine(&app, &id).await.unwrap().instance_id;
+    let port = daemon.proxy.rsplit_once(':').unwrap().1;
+    let http = http_client(&app, &[&id], &daemon.proxy);
+    let url = format!("http://{app}.hangar.localhost:{port}/cgi-bin/id");
+    let (status, body) = get(&http, &url, &[("accept", "application/json")]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no_service"), "{body}");
+
+    let req = hangar_types::ExposeRequest {
+        internal_port: 8080,
+        autostart: Some(true),
+        autostop: Some("stop".into()),
+    };
+    let urls = client.expose(&app, &id, &req).await.unwrap();
+    assert_eq!(urls.url, format!("http://{app}.hangar.localhost:{port}/"));
+    assert!(urls.machine_url.starts_with(&format!("http://{id}.{app}.")));
+    assert!(urls.https_url.is_some());
+    ready(&http, &url, &id).await;
+    assert_eq!(first_word(&get(&http, &url, &[]).await.1), id);
+    let after = client.get_machine(&app, &id).await.unwrap();
+    assert_eq!(
+        after.instance_id, before,
+        "expose must not restart the machine"
+    );
+    assert_eq!(after.state, "started");
+}
