@@ -310,25 +310,23 @@ impl Proxy {
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(client_upgrade) = client_upgrade
             {
-                {
-                    let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                    tokio::spawn(async move {
-                        let _guard = guard;
-                        if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                            let _ = tokio::io::copy_bidirectional(
-                                &mut TokioIo::new(c),
-                                &mut TokioIo::new(u),
-                            )
-                            .await;
-                        }
-                    });
-                    let (mut rp, _) = resp.into_parts();
-                    rp.headers.insert(
-                        "x-request-id",
-                        HeaderValue::from_str(request_id).expect("hex"),
-                    );
-                    return Ok(Response::from_parts(rp, full(Bytes::new())));
-                }
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    let _guard = guard;
+                    if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
+                        let _ = tokio::io::copy_bidirectional(
+                            &mut TokioIo::new(c),
+                            &mut TokioIo::new(u),
+                        )
+                        .await;
+                    }
+                });
+                let (mut rp, _) = resp.into_parts();
+                rp.headers.insert(
+                    "x-request-id",
+                    HeaderValue::from_str(request_id).expect("hex"),
+                );
+                return Ok(Response::from_parts(rp, full(Bytes::new())));
             }
 
             let (mut rp, incoming) = resp.into_parts();
