@@ -83,6 +83,7 @@ pub fn router(state: AppState) -> Router {
                 .delete(machines::release_lease),
         )
         .route(&format!("{machine}/metadata"), get(machines::get_metadata))
+        .route(&format!("{machine}/expose"), post(machines::expose))
         .route(
             &format!("{machine}/checkpoints"),
             get(checkpoints::list).post(checkpoints::create),

@@ -323,6 +323,19 @@ pub async fn get_metadata(
     Ok(Json(s.service.get_metadata(&app, &id).await?))
 }
 
+/// hangar addition: publish a port through the edge proxy without a restart.
+#[utoipa::path(post, path = "/v1/apps/{app}/machines/{id}/expose", tag = "Machines", request_body = ExposeRequest, responses((status = 200, body = ExposeResponse)))]
+pub async fn expose(
+    State(s): State<AppState>,
+    Path((app, id)): Path<(String, String)>,
+    LeaseNonce(caller): LeaseNonce,
+    Body(req): Body<ExposeRequest>,
+) -> ApiResult<Json<ExposeResponse>> {
+    Ok(Json(
+        s.service.expose_machine(&app, &id, req, &caller).await?,
+    ))
+}
+
 #[derive(Deserialize)]
 pub struct MetadataValue {
     value: String,

@@ -15,7 +15,7 @@ use crate::{checkpoints, files, images, jobs, machines, network, volumes};
         machines::destroy_machine, machines::start, machines::stop, machines::restart, machines::signal,
         machines::suspend, machines::wait, machines::exec, machines::events, machines::ps, machines::logs,
         machines::create_lease, machines::get_lease, machines::release_lease,
-        machines::get_metadata, machines::set_metadata, machines::delete_metadata,
+        machines::get_metadata, machines::set_metadata, machines::delete_metadata, machines::expose,
         images::list, images::import, images::pull, images::push, images::inspect, images::remove,
         images::prune, images::login,
         checkpoints::create, checkpoints::list, checkpoints::get, checkpoints::delete,

@@ -239,6 +239,17 @@ impl Client {
         .await
     }
 
+    /// Publishes `req.internal_port` of the machine through the edge proxy, without
+    /// restarting it; returns the URLs it answers at.
+    pub async fn expose(&self, app: &str, id: &str, req: &ExposeRequest) -> Result<ExposeResponse> {
+        self.call(
+            Method::POST,
+            &format!("/v1/apps/{app}/machines/{id}/expose"),
+            Some(req),
+        )
+        .await
+    }
+
     pub async fn stop_machine(&self, app: &str, id: &str, req: &StopRequest) -> Result<()> {
         self.call_empty(
             Method::POST,

@@ -63,6 +63,7 @@ pub fn validate(config: &MachineConfig) -> Result<()> {
     guest_files(config)?;
     ephemeral_root_checked(config)?;
     mounts(config)?;
+    services(config)?;
     Ok(())
 }
 
@@ -542,4 +543,133 @@ mod tests {
         assert!(parse_duration(&serde_json::json!("soon")).is_err());
         assert!(parse_duration(&serde_json::json!(-1)).is_err());
     }
+}
+
+/// One entry of `config.services` (Fly's shape), as the edge proxy routes it.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct ServiceConfig {
+    #[serde(default = "default_protocol")]
+    pub protocol: String,
+    pub internal_port: u16,
+    #[serde(default)]
+    pub ports: Vec<ServicePort>,
+    /// Start a stopped or suspended machine when a request arrives for it.
+    #[serde(default)]
+    pub autostart: Option<bool>,
+    /// `off`, `stop` or `suspend` (Fly also accepts booleans: true is `stop`).
+    #[serde(default)]
+    pub autostop: Option<serde_json::Value>,
+    #[serde(default)]
+    pub min_machines_running: Option<u32>,
+    #[serde(default)]
+    pub concurrency: Option<Concurrency>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct ServicePort {
+    pub port: Option<u16>,
+    #[serde(default)]
+    pub handlers: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, serde::Deserialize, serde::Serialize)]
+pub struct Concurrency {
+    #[serde(rename = "type", default)]
+    pub kind: Option<String>,
+    pub soft_limit: Option<u32>,
+    pub hard_limit: Option<u32>,
+}
+
+/// What the proxy does with an idle machine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Autostop {
+    Off,
+    Stop,
+    Suspend,
+}
+
+fn default_protocol() -> String {
+    "tcp".to_string()
+}
+
+impl ServiceConfig {
+    pub fn autostop(&self) -> Autostop {
+        match &self.autostop {
+            Some(serde_json::Value::Bool(true)) => Autostop::Stop,
+            Some(serde_json::Value::String(s)) if s == "stop" => Autostop::Stop,
+            Some(serde_json::Value::String(s)) if s == "suspend" => Autostop::Suspend,
+            _ => Autostop::Off,
+        }
+    }
+
+    /// Whether the service takes plain HTTP on public port `port` (80 for the HTTP
+    /// listener, 443 for TLS).
+    pub fn serves(&self, port: u16) -> bool {
+        self.ports.iter().any(|p| p.port == Some(port))
+    }
+}
+
+/// Parses and checks `config.services`; absent is no services.
+pub fn services(config: &MachineConfig) -> Result<Vec<ServiceConfig>> {
+    let Some(value) = config.extra.get("services") else {
+        return Ok(Vec::new());
+    };
+    if value.is_null() {
+        return Ok(Vec::new());
+    }
+    let services: Vec<ServiceConfig> = serde_json::from_value(value.clone()).map_err(|e| {
+        Error::invalid_config(format!(
+            "config.services is not valid ({e}): use [{{\"protocol\": \"tcp\", \"internal_port\": 8080, \"ports\": [{{\"port\": 80, \"handlers\": [\"http\"]}}]}}]"
+        ))
+    })?;
+    for (i, s) in services.iter().enumerate() {
+        if s.protocol != "tcp" && s.protocol != "udp" {
+            return Err(Error::invalid_config(format!(
+                "config.services[{i}].protocol {:?} is not known: use \"tcp\"",
+                s.protocol
+            )));
+        }
+        if s.internal_port == 0 {
+            return Err(Error::invalid_config(format!(
+                "config.services[{i}].internal_port must be a port from 1 to 65535"
+            )));
+        }
+        for (j, p) in s.ports.iter().enumerate() {
+            for h in &p.handlers {
+                if !["http", "tls", "proxy_proto", "pg_tls", "edge_http"].contains(&h.as_str()) {
+                    return Err(Error::invalid_config(format!(
+                        "config.services[{i}].ports[{j}].handlers has {h:?}: use \"http\" or \"tls\""
+                    )));
+                }
+            }
+        }
+        match &s.autostop {
+            None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(_)) => {}
+            Some(serde_json::Value::String(v))
+                if ["off", "stop", "suspend"].contains(&v.as_str()) => {}
+            Some(other) => {
+                return Err(Error::invalid_config(format!(
+                    "config.services[{i}].autostop is {other}: use \"off\", \"stop\" or \"suspend\""
+                )));
+            }
+        }
+        if let Some(c) = &s.concurrency {
+            if let Some(kind) = &c.kind
+                && kind != "connections"
+                && kind != "requests"
+            {
+                return Err(Error::invalid_config(format!(
+                    "config.services[{i}].concurrency.type {kind:?} is not known: use \"connections\" or \"requests\""
+                )));
+            }
+            if let (Some(soft), Some(hard)) = (c.soft_limit, c.hard_limit)
+                && soft > hard
+            {
+                return Err(Error::invalid_config(format!(
+                    "config.services[{i}].concurrency.soft_limit ({soft}) is above hard_limit ({hard})"
+                )));
+            }
+        }
+    }
+    Ok(services)
 }

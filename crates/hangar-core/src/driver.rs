@@ -448,6 +448,21 @@ pub trait Driver: Send + Sync + 'static {
         Err(no_files(self.name()))
     }
 
+    /// Opens a TCP connection to `port` on the machine's loopback, from inside the
+    /// machine's network namespace: the edge proxy reaches services this way without
+    /// any host-side network.
+    async fn connect(
+        &self,
+        id: &MachineId,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, DriverError> {
+        let _ = (id, port);
+        Err(DriverError::Unsupported(format!(
+            "the {} driver cannot connect to machines",
+            self.name()
+        )))
+    }
+
     /// Rebuilds the sandbox with an empty writable layer (`config.rootfs: ephemeral`).
     async fn reset(&self, spec: &SandboxSpec) -> Result<(), DriverError> {
         self.destroy(&spec.machine_id).await?;

@@ -71,6 +71,8 @@ struct State {
     volumes: HashMap<String, u64>,
     /// Snapshot id to size in bytes.
     volume_snapshots: HashMap<String, u64>,
+    /// Where `connect(machine, port)` goes: loopback listeners registered by tests.
+    listeners: HashMap<(MachineId, u16), std::net::SocketAddr>,
 }
 
 /// See the module documentation.
@@ -111,6 +113,12 @@ impl FakeDriver {
             write_logs: true,
             ..Self::new()
         }
+    }
+
+    /// Routes `connect(id, port)` to `addr` (a loopback listener the test runs) while
+    /// the machine's main process runs.
+    pub fn listen(&self, id: &MachineId, port: u16, addr: std::net::SocketAddr) {
+        self.lock().listeners.insert((id.clone(), port), addr);
     }
 
     /// Makes the next call of `verb` fail with [`DriverError::Other`] carrying `message`.
@@ -244,6 +252,30 @@ impl Driver for FakeDriver {
                 frozen: false,
             });
         Ok(())
+    }
+
+    async fn connect(
+        &self,
+        id: &MachineId,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, DriverError> {
+        let addr = {
+            let state = self.lock();
+            let running = state
+                .sandboxes
+                .get(id)
+                .is_some_and(|s| s.main.is_some() && !s.frozen);
+            if !running {
+                return Err(DriverError::NotRunning(id.clone()));
+            }
+            state.listeners.get(&(id.clone(), port)).copied()
+        };
+        let refused = || std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let addr =
+            addr.ok_or_else(|| DriverError::io(format!("connecting to port {port}"), refused()))?;
+        tokio::net::TcpStream::connect(addr)
+            .await
+            .map_err(|e| DriverError::io(format!("connecting to port {port}"), e))
     }
 
     async fn start(&self, id: &MachineId, process: &ProcessSpec) -> Result<(), DriverError> {

@@ -388,3 +388,29 @@ mod tests {
         assert_eq!(back["init"]["kernel_args"], body["init"]["kernel_args"]);
     }
 }
+
+/// `POST /v1/apps/{app}/machines/{id}/expose`: publish a port of the machine through
+/// the edge proxy, without restarting it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExposeRequest {
+    /// The port the machine's server listens on (on its loopback or any address).
+    pub internal_port: u16,
+    /// Start the machine when a request arrives while it is stopped (default true).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostart: Option<bool>,
+    /// `off`, `stop` or `suspend` once idle (default `off`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autostop: Option<String>,
+}
+
+/// Where the exposed service is reachable.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ExposeResponse {
+    /// The app's URL: requests are balanced across its machines serving this port.
+    pub url: String,
+    /// This machine only.
+    pub machine_url: String,
+    /// The app's HTTPS URL, when the daemon has a TLS listener.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub https_url: Option<String>,
+}

@@ -35,6 +35,17 @@ pub struct ServeArgs {
     /// Apps are served at `<app>.<base-domain>`.
     #[arg(long, env = "HANGAR_BASE_DOMAIN", default_value = "hangar.localhost")]
     pub base_domain: String,
+    /// PEM certificate chain for the HTTPS listener (default: certificates issued by
+    /// a local CA kept in `DATA_DIR/proxy-ca/ca.pem`).
+    #[arg(long, env = "HANGAR_PROXY_CERT", requires = "proxy_key")]
+    pub proxy_cert: Option<PathBuf>,
+    /// PEM private key matching `--proxy-cert`.
+    #[arg(long, env = "HANGAR_PROXY_KEY", requires = "proxy_cert")]
+    pub proxy_key: Option<PathBuf>,
+    /// Seconds without requests after which a machine whose service has `autostop`
+    /// is stopped or suspended.
+    #[arg(long, env = "HANGAR_PROXY_IDLE_TIMEOUT", default_value_t = 300)]
+    pub proxy_idle_timeout: u64,
     /// Where machines' writable layers live: `btrfs` (subvolumes, so checkpoints
     /// work; a loop-mounted image inside the data dir when it is not btrfs itself) or
     /// `plain` directories.
@@ -94,8 +105,37 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         })
         .context("starting the sandbox driver")?,
     );
+    // Bound before the service is built so it can tell callers the proxy's URLs.
+    let proxy_http = match &args.proxy_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the proxy to {addr}"))?,
+        ),
+        None => None,
+    };
+    let proxy_https = match &args.proxy_tls_listen {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the TLS proxy to {addr}"))?,
+        ),
+        None => None,
+    };
+    let options = ServiceOptions {
+        base_domain: args.base_domain.clone(),
+        proxy_http_port: proxy_http
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port()),
+        proxy_https_port: proxy_https
+            .as_ref()
+            .and_then(|l| l.local_addr().ok())
+            .map(|a| a.port()),
+        ..ServiceOptions::default()
+    };
     let network = private_network(&args, &data_dir, store.as_ref()).await?;
-    let service = Service::with_network(store, driver, images, ServiceOptions::default(), network);
+    let service = Service::with_network(store, driver, images, options, network);
     // The firewall goes up before any machine is rebuilt (after a reboot the tables
     // are gone), and again after recovery for what it changed.
     if let Err(err) = service.sync_network().await {
@@ -133,16 +173,43 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         shutdown.clone(),
     );
     let router = hangar_api::router(AppState {
-        service,
+        service: service.clone(),
         token,
         metrics: Some(metrics),
     })
     .merge(mcp);
     announce("api", api_addr);
-    if args.proxy_listen.is_some() || args.proxy_tls_listen.is_some() {
-        tracing::warn!(
-            "the edge proxy is not part of this build yet; --proxy-listen is accepted and ignored"
+    if proxy_http.is_some() || proxy_https.is_some() {
+        let proxy = hangar_proxy::Proxy::new(
+            service.clone(),
+            hangar_proxy::ProxyOptions {
+                base_domain: args.base_domain.clone(),
+                idle_timeout: std::time::Duration::from_secs(args.proxy_idle_timeout.max(1)),
+                ..Default::default()
+            },
         );
+        if let Some(listener) = proxy_http {
+            announce("proxy", listener.local_addr()?);
+            tokio::spawn(proxy.clone().serve_http(listener, shutdown.clone()));
+        }
+        if let Some(listener) = proxy_https {
+            let tls = match (&args.proxy_cert, &args.proxy_key) {
+                (Some(cert), Some(key)) => hangar_proxy::tls::operator_config(cert, key)
+                    .context("loading the proxy's certificate")?,
+                _ => {
+                    let (tls, ca) = hangar_proxy::tls::local_ca_config(
+                        &data_dir.join("proxy-ca"),
+                        &args.base_domain,
+                    )
+                    .context("opening the proxy's local CA")?;
+                    tracing::info!(ca = %ca.display(), "HTTPS certificates come from the local CA");
+                    tls
+                }
+            };
+            announce("proxy tls", listener.local_addr()?);
+            tokio::spawn(proxy.clone().serve_https(listener, tls, shutdown.clone()));
+        }
+        tokio::spawn(proxy.autostop_loop(shutdown.clone()));
     }
     tracing::info!(data_dir = %data_dir.display(), "hangar is serving");
 

@@ -9,6 +9,7 @@
 mod apps;
 mod checkpoints;
 mod exec;
+mod expose;
 mod files;
 mod images;
 mod jobs;
@@ -64,12 +65,20 @@ pub struct StateChange {
 pub struct ServiceOptions {
     /// The org new apps join when the request names none.
     pub default_org: String,
+    /// Apps are served by the edge proxy at `<app>.<base_domain>`.
+    pub base_domain: String,
+    /// The proxy's public HTTP and HTTPS ports, when it listens.
+    pub proxy_http_port: Option<u16>,
+    pub proxy_https_port: Option<u16>,
 }
 
 impl Default for ServiceOptions {
     fn default() -> Self {
         ServiceOptions {
             default_org: "personal".to_string(),
+            base_domain: "hangar.localhost".to_string(),
+            proxy_http_port: None,
+            proxy_https_port: None,
         }
     }
 }

@@ -66,7 +66,16 @@ impl Driver for SandboxDriver {
     }
 
     async fn destroy(&self, id: &MachineId) -> Result<(), DriverError> {
+        self.forget_netns(id);
         Ok(self.destroy_sandbox(id).await?)
+    }
+
+    async fn connect(
+        &self,
+        id: &MachineId,
+        port: u16,
+    ) -> Result<tokio::net::TcpStream, DriverError> {
+        self.connect_machine(id, port).await
     }
 
     async fn observe(&self, id: &MachineId) -> Result<Observed, DriverError> {

@@ -31,6 +31,7 @@ mod caps;
 mod cgroup;
 mod checkpoint;
 mod client;
+mod connect;
 mod create;
 mod destroy;
 mod diff;
@@ -187,6 +188,8 @@ pub struct SandboxDriver {
     watches: Mutex<HashMap<MachineId, JoinHandle<()>>>,
     /// Serialises create, destroy and observe of one machine.
     locks: Mutex<HashMap<MachineId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Each machine's network namespace, with the init pid it was opened through.
+    netns: Mutex<HashMap<MachineId, (i32, Arc<std::os::fd::OwnedFd>)>>,
 }
 
 /// The longest unix socket path the kernel accepts, minus its NUL.
@@ -234,6 +237,7 @@ impl SandboxDriver {
             }),
             watches: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            netns: Mutex::new(HashMap::new()),
         })
     }
 

@@ -9,8 +9,8 @@ use clap::{Args, Subcommand};
 use futures::StreamExt;
 use hangar_client::{Client, ClientError};
 use hangar_types::{
-    CreateMachineRequest, Machine, MachineConfig, MachineExecRequest, MachineGuest, MachineInit,
-    MachineRestart, StopRequest,
+    CreateMachineRequest, ExposeRequest, Machine, MachineConfig, MachineExecRequest, MachineGuest,
+    MachineInit, MachineRestart, StopRequest,
 };
 
 use super::output;
@@ -46,6 +46,22 @@ pub enum MachineCommand {
         #[command(flatten)]
         app: AppArg,
         machine: String,
+    },
+    /// Publish a port of the machine through the edge proxy (no restart) and print
+    /// its URLs.
+    Expose {
+        #[command(flatten)]
+        app: AppArg,
+        machine: String,
+        /// The port the machine's server listens on.
+        #[arg(long)]
+        port: u16,
+        /// Do not start the machine when a request arrives while it is stopped.
+        #[arg(long)]
+        no_autostart: bool,
+        /// `off`, `stop` or `suspend` once idle.
+        #[arg(long)]
+        autostop: Option<String>,
     },
     /// Start a stopped machine.
     Start {
@@ -212,6 +228,30 @@ pub async fn run(client: &Client, cmd: MachineCommand, json: bool) -> Result<Exi
                 output::json(&m);
             } else {
                 print_status(&m);
+            }
+        }
+        MachineCommand::Expose {
+            app,
+            machine,
+            port,
+            no_autostart,
+            autostop,
+        } => {
+            let id = resolve(client, &app.app, &machine).await?;
+            let req = ExposeRequest {
+                internal_port: port,
+                autostart: Some(!no_autostart),
+                autostop,
+            };
+            let urls = client.expose(&app.app, &id, &req).await?;
+            if json {
+                output::json(&urls);
+            } else {
+                println!("{}", urls.url);
+                println!("{}", urls.machine_url);
+                if let Some(https) = &urls.https_url {
+                    println!("{https}");
+                }
             }
         }
         MachineCommand::Start { app, machine } => {

@@ -24,6 +24,9 @@ pub struct Daemon {
     pub token: String,
     /// Extra environment for `hangar serve` (its flags' env twins).
     pub env: Vec<(String, String)>,
+    /// The edge proxy's plain HTTP and HTTPS addresses.
+    pub proxy: String,
+    pub proxy_tls: String,
 }
 
 /// Skips (returning true) when the test cannot run here, saying why.
@@ -60,6 +63,8 @@ impl Daemon {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            proxy: String::new(),
+            proxy_tls: String::new(),
         };
         daemon.spawn();
         daemon
@@ -72,7 +77,16 @@ impl Daemon {
     /// Starts `hangar serve` on the data dir and waits for its address line.
     pub fn spawn(&mut self) {
         let mut child = Command::new(BIN)
-            .args(["serve", "--api-listen", "127.0.0.1:0", "--data-dir"])
+            .args([
+                "serve",
+                "--api-listen",
+                "127.0.0.1:0",
+                "--proxy-listen",
+                "127.0.0.1:0",
+                "--proxy-tls-listen",
+                "127.0.0.1:0",
+                "--data-dir",
+            ])
             .arg(self.dir.path())
             .env("HANGAR_LOG", "warn")
             .envs(self.env.iter().map(|(k, v)| (k, v)))
@@ -82,11 +96,16 @@ impl Daemon {
             .expect("starting hangar serve");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
-        let api = loop {
+        let (mut api, mut proxy, mut proxy_tls) = (None, None, None);
+        while api.is_none() || proxy.is_none() || proxy_tls.is_none() {
             match lines.next() {
                 Some(Ok(line)) => {
                     if let Some(addr) = line.strip_prefix("api listening on ") {
-                        break addr.to_string();
+                        api = Some(addr.to_string());
+                    } else if let Some(addr) = line.strip_prefix("proxy listening on ") {
+                        proxy = Some(addr.to_string());
+                    } else if let Some(addr) = line.strip_prefix("proxy tls listening on ") {
+                        proxy_tls = Some(addr.to_string());
                     }
                 }
                 _ => {
@@ -94,7 +113,10 @@ impl Daemon {
                     panic!("hangar serve exited before listening: {status}");
                 }
             }
-        };
+        }
+        let api = api.expect("api address");
+        self.proxy = proxy.expect("proxy address");
+        self.proxy_tls = proxy_tls.expect("proxy tls address");
         // Keep draining stdout so the daemon never blocks on a full pipe.
         std::thread::spawn(move || for _ in lines {});
         self.token = std::fs::read_to_string(self.dir.path().join("root-token"))

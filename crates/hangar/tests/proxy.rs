@@ -1,0 +1,228 @@
+//! The edge proxy against real machines: two busybox machines each answer HTTP with
+//! their own id (busybox `httpd` and the CGI script in `proxy_server.sh`), reached
+//! only through `<app>.hangar.localhost` on the proxy's listeners.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::{busybox, launch, setup};
+use hangar_types::{MachineConfig, StopRequest};
+
+const SERVER: &str = include_str!("proxy_server.sh");
+
+fn web_config() -> MachineConfig {
+    let mut config = busybox(&["sh", "-c", SERVER]);
+    config.extra.insert(
+        "services".into(),
+        serde_json::json!([{
+            "protocol": "tcp",
+            "internal_port": 8080,
+            "autostart": true,
+            "ports": [
+                {"port": 80, "handlers": ["http"]},
+                {"port": 443, "handlers": ["tls", "http"]}
+            ]
+        }]),
+    );
+    config
+}
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+/// A client that sends `<app>.hangar.localhost` (and the machines' names) to `addr`.
+fn http_client(app: &str, ids: &[&str], addr: &str) -> reqwest::Client {
+    let addr: SocketAddr = addr.parse().unwrap();
+    let mut b = reqwest::Client::builder().resolve(&format!("{app}.hangar.localhost"), addr);
+    for id in ids {
+        b = b.resolve(&format!("{id}.{app}.hangar.localhost"), addr);
+    }
+    b.build().unwrap()
+}
+
+async fn get(client: &reqwest::Client, url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut req = client.get(url);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let resp = req.send().await.unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.text().await.unwrap())
+}
+
+fn first_word(body: &str) -> String {
+    body.split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// Waits until the machine's httpd answers through the proxy.
+async fn ready(client: &reqwest::Client, url: &str, id: &str) {
+    common::eventually(
+        "httpd answering through the proxy",
+        Duration::from_secs(30),
+        || async {
+            matches!(client.get(url).header("fly-force-instance-id", id).send().await,
+            Ok(r) if r.status().is_success())
+        },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn proxy_balances_steers_replays_pins_sessions_and_wakes() {
+    let app = unique("proxyweb");
+    let Some((daemon, client)) = setup(&app).await else {
+        return;
+    };
+    let a = launch(&client, &app, web_config()).await;
+    let b = launch(&client, &app, web_config()).await;
+    let port = daemon.proxy.rsplit_once(':').unwrap().1.to_string();
+    let http = http_client(&app, &[&a, &b], &daemon.proxy);
+    let url = format!("http://{app}.hangar.localhost:{port}/cgi-bin/id");
+    ready(&http, &url, &a).await;
+    ready(&http, &url, &b).await;
+
+    // Without steering, requests spread over both machines.
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let (status, body) = get(&http, &url, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        seen.insert(first_word(&body));
+    }
+    assert_eq!(seen, [a.clone(), b.clone()].into_iter().collect());
+
+    // fly-force-instance-id and the machine's own host name reach that machine only.
+    let machine_url = format!("http://{a}.{app}.hangar.localhost:{port}/cgi-bin/id");
+    for _ in 0..4 {
+        let forced = get(&http, &url, &[("fly-force-instance-id", &b)]).await.1;
+        assert_eq!(first_word(&forced), b);
+        assert_eq!(first_word(&get(&http, &machine_url, &[]).await.1), a);
+    }
+    let (status, body) = get(&http, &url, &[("fly-force-instance-id", "0000nosuch")]).await;
+    assert_eq!(status, 503, "{body}");
+
+    // A machine answering fly-replay hands the request to the one it names, which
+    // sees where it came from.
+    let replay_url = format!("{url}?replay={b}");
+    let (status, body) = get(&http, &replay_url, &[("fly-force-instance-id", &a)]).await;
+    assert_eq!(status, 200);
+    assert_eq!(body.trim(), format!("{b} instance={a};state=from-first"));
+
+    // An MCP session sticks to the machine that created it.
+    let (_, body) = get(&http, &format!("{url}?mcp"), &[]).await;
+    let owner = first_word(&body);
+    let session = format!("session-{owner}");
+    for _ in 0..6 {
+        let body = get(&http, &url, &[("mcp-session-id", &session)]).await.1;
+        assert_eq!(first_word(&body), owner);
+    }
+
+    // A request for a stopped machine starts it and is answered by it.
+    client
+        .stop_machine(&app, &b, &StopRequest::default())
+        .await
+        .unwrap();
+    client.wait(&app, &b, "stopped", 30).await.unwrap();
+    let (status, body) = get(&http, &url, &[("fly-force-instance-id", &b)]).await;
+    assert_eq!((status, first_word(&body)), (200, b.clone()), "{body}");
+    assert_eq!(client.get_machine(&app, &b).await.unwrap().state, "started");
+
+    // Clear failures: an unknown app, as JSON for clients that ask for it.
+    let resp = reqwest::Client::builder()
+        .resolve("nosuchapp.hangar.localhost", daemon.proxy.parse().unwrap())
+        .build()
+        .unwrap()
+        .get(format!("http://nosuchapp.hangar.localhost:{port}/"))
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status().as_u16(), 404);
+    let err: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(err["code"], "app_not_found");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_uses_certificates_from_the_local_ca() {
+    let app = unique("proxytls");
+    let Some((daemon, client)) = setup(&app).await else {
+        return;
+    };
+    let a = launch(&client, &app, web_config()).await;
+    let http = http_client(&app, &[&a], &daemon.proxy);
+    let port = daemon.proxy.rsplit_once(':').unwrap().1;
+    let plain = format!("http://{app}.hangar.localhost:{port}/cgi-bin/id");
+    ready(&http, &plain, &a).await;
+
+    // curl trusts only the daemon's CA and asks for HTTP/2 by ALPN.
+    let ca_path = daemon.data_dir().join("proxy-ca/ca.pem");
+    let tls_port = daemon.proxy_tls.rsplit_once(':').unwrap().1;
+    let url = format!("https://{app}.hangar.localhost:{tls_port}/cgi-bin/id");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--http2",
+            "-w",
+            "\nhttp/%{http_version}",
+            "--cacert",
+        ])
+        .arg(&ca_path)
+        .arg("--resolve")
+        .arg(format!("{app}.hangar.localhost:{tls_port}:127.0.0.1"))
+        .arg(&url)
+        .output()
+        .expect("running curl");
+    assert!(
+        out.status.success(),
+        "curl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(first_word(&stdout), a);
+    assert!(stdout.trim_end().ends_with("http/2"), "{stdout}");
+
+    use std::os::unix::fs::PermissionsExt;
+    let key = daemon.data_dir().join("proxy-ca/ca-key.pem");
+    let mode = std::fs::metadata(key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expose_publishes_a_running_machine_without_restarting_it() {
+    let app = unique("proxyexpose");
+    let Some((daemon, client)) = setup(&app).await else {
+        return;
+    };
+    let id = launch(&client, &app, busybox(&["sh", "-c", SERVER])).await;
+    let before = client.get_machine(&app, &id).await.unwrap().instance_id;
+    let port = daemon.proxy.rsplit_once(':').unwrap().1;
+    let http = http_client(&app, &[&id], &daemon.proxy);
+    let url = format!("http://{app}.hangar.localhost:{port}/cgi-bin/id");
+    let (status, body) = get(&http, &url, &[("accept", "application/json")]).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("no_service"), "{body}");
+
+    let req = hangar_types::ExposeRequest {
+        internal_port: 8080,
+        autostart: Some(true),
+        autostop: Some("stop".into()),
+    };
+    let urls = client.expose(&app, &id, &req).await.unwrap();
+    assert_eq!(urls.url, format!("http://{app}.hangar.localhost:{port}/"));
+    assert!(urls.machine_url.starts_with(&format!("http://{id}.{app}.")));
+    assert!(urls.https_url.is_some());
+    ready(&http, &url, &id).await;
+    assert_eq!(first_word(&get(&http, &url, &[]).await.1), id);
+    let after = client.get_machine(&app, &id).await.unwrap();
+    assert_eq!(
+        after.instance_id, before,
+        "expose must not restart the machine"
+    );
+    assert_eq!(after.state, "started");
+}
