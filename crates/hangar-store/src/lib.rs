@@ -625,7 +625,6 @@ fn address_from_row(row: &SqliteRow) -> StoreResult<AddressRecord> {
     })
 }
 
-
 fn volume_from_row(row: &SqliteRow) -> StoreResult<VolumeRecord> {
     Ok(VolumeRecord {
         id: row.try_get("id").map_err(backend)?,
