@@ -365,6 +365,20 @@ pub struct ForkArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+pub struct ExposeArgs {
+    pub app: Option<String>,
+    /// Machine name or id.
+    pub machine: String,
+    /// The port the machine's server listens on.
+    pub port: u16,
+    /// Start the machine when a request arrives while it is stopped (default true).
+    pub autostart: Option<bool>,
+    /// `off`, `stop` or `suspend` once idle (default `off`).
+    pub autostop: Option<String>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct LogsArgs {
     pub app: Option<String>,
     /// Machine name or id.
@@ -394,6 +408,16 @@ pub struct AppNameArgs {
 }
 
 // Outputs.
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct ExposeOut {
+    pub machine_id: String,
+    /// The app's URL: requests are balanced across its machines serving this port.
+    pub url: String,
+    /// This machine only.
+    pub machine_url: String,
+    pub https_url: Option<String>,
+}
 
 #[derive(Debug, Serialize, JsonSchema)]
 pub struct MachineOut {
@@ -682,7 +706,12 @@ pub fn catalogue(toolsets: &[Toolset]) -> Vec<Tool> {
             READ,
         ),
     ];
-    // An `expose` tool (a machine's port as a public URL) joins the default set here.
+    tools.push(tool::<ExposeArgs, ExposeOut>(
+        "expose",
+        "Expose a port",
+        "Publish a port of a machine as an HTTP URL through hangar's proxy, without restarting it. Requests wake the machine when it is stopped (autostart); autostop: stop lets it sleep when idle.",
+        WRITE_IDEMPOTENT,
+    ));
     for set in toolsets {
         match set {
             Toolset::Images => tools.extend([
@@ -780,7 +809,7 @@ pub async fn call(
         "checkpoint" => run!(checkpoint),
         "machine_fork" => run!(machine_fork),
         "machine_logs" => run!(machine_logs),
-        // `expose` (Client::expose) is dispatched here, next to its catalogue entry.
+        "expose" => run!(expose),
         "image_list" if has(Toolset::Images) => run!(image_list),
         "image_pull" if has(Toolset::Images) => run!(image_pull),
         "image_remove" if has(Toolset::Images) => run!(image_remove),
@@ -1434,6 +1463,25 @@ async fn machine_fork(ctx: &Ctx, a: ForkArgs) -> R {
         })
         .collect::<Vec<_>>()
         .join("\n");
+    out(&o, text)
+}
+
+async fn expose(ctx: &Ctx, a: ExposeArgs) -> R {
+    let app = ctx.app(&a.app)?;
+    let id = ctx.machine(&app, &a.machine).await?;
+    let req = ExposeRequest {
+        internal_port: a.port,
+        autostart: a.autostart,
+        autostop: a.autostop,
+    };
+    let r = ctx.client.expose(&app, &id, &req).await?;
+    let text = format!("port {} of {id} is at {}", a.port, r.url);
+    let o = ExposeOut {
+        machine_id: id,
+        url: r.url,
+        machine_url: r.machine_url,
+        https_url: r.https_url,
+    };
     out(&o, text)
 }
 

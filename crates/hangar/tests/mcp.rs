@@ -65,7 +65,7 @@ async fn a_model_drives_a_machine_over_stdio() {
     let mcp = stdio(&daemon, &app).await;
 
     let tools = mcp.list_all_tools().await.unwrap();
-    assert!((10..=14).contains(&tools.len()), "{} tools", tools.len());
+    assert!((10..=15).contains(&tools.len()), "{} tools", tools.len());
     for tool in &tools {
         assert!(
             tool.output_schema.is_some(),
