@@ -441,3 +441,115 @@ async fn the_python_sdk_works_over_stdio_and_http() {
         );
     }
 }
+
+/// The robot's walkthrough, through MCP tools only: run a machine, build its app with a
+/// background job, expose it, reach it through the proxy, checkpoint, break, restore,
+/// stop, and wake it with a request.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_robot_builds_breaks_rewinds_and_wakes_an_app_through_mcp() {
+    let app = format!("mcp-walk-{}", std::process::id());
+    let Some((daemon, _client)) = setup(&app).await else {
+        return;
+    };
+    let mcp = stdio(&daemon, &app).await;
+
+    let run = call(
+        &mcp,
+        "machine_run",
+        json!({
+            "image": "busybox:latest",
+            "name": "web",
+            "command": ["sh", "-c", "mkdir -p /app/www && exec httpd -f -p 8080 -h /app/www"],
+        }),
+    )
+    .await;
+    assert_eq!(ok(&run)["state"], "started");
+
+    let job = call(
+        &mcp,
+        "exec",
+        json!({"machine": "web", "background": true,
+               "command": ["sh", "-c", "echo v1 > /app/www/index.html"]}),
+    )
+    .await;
+    let job_id = ok(&job)["job"].as_str().expect("a job handle").to_string();
+    let done = call(
+        &mcp,
+        "job_poll",
+        json!({"machine": "web", "job": job_id, "wait_secs": 30}),
+    )
+    .await;
+    assert_eq!(ok(&done)["exit_code"], 0, "{done:?}");
+
+    let exposed = call(
+        &mcp,
+        "expose",
+        json!({"machine": "web", "port": 8080, "autostart": true}),
+    )
+    .await;
+    let url = format!("{}index.html", ok(&exposed)["url"].as_str().unwrap());
+    let proxy: std::net::SocketAddr = daemon.proxy.parse().unwrap();
+    let http = reqwest::Client::builder()
+        .resolve(&format!("{app}.hangar.localhost"), proxy)
+        .build()
+        .unwrap();
+    let fetch = |http: reqwest::Client, url: String| async move {
+        match http.get(&url).send().await {
+            Ok(r) if r.status().is_success() => r.text().await.unwrap_or_default(),
+            Ok(r) => format!("status {}", r.status()),
+            Err(e) => format!("error {e}"),
+        }
+    };
+    let serves = |want: &'static str| {
+        let (http, url) = (http.clone(), url.clone());
+        move || {
+            let (http, url) = (http.clone(), url.clone());
+            async move { fetch(http, url).await == want }
+        }
+    };
+    common::eventually(
+        "v1 through the proxy",
+        std::time::Duration::from_secs(30),
+        serves("v1\n"),
+    )
+    .await;
+
+    ok(&call(
+        &mcp,
+        "checkpoint",
+        json!({"machine": "web", "action": "create", "checkpoint": "good"}),
+    )
+    .await);
+    ok(&call(
+        &mcp,
+        "file_write",
+        json!({"machine": "web", "path": "/app/www/index.html", "content": "broken\n"}),
+    )
+    .await);
+    assert_eq!(fetch(http.clone(), url.clone()).await, "broken\n");
+
+    ok(&call(
+        &mcp,
+        "checkpoint",
+        json!({"machine": "web", "action": "restore", "checkpoint": "good"}),
+    )
+    .await);
+    common::eventually(
+        "the restored app through the proxy",
+        std::time::Duration::from_secs(30),
+        serves("v1\n"),
+    )
+    .await;
+
+    let stopped = call(
+        &mcp,
+        "machine_lifecycle",
+        json!({"machine": "web", "action": "stop"}),
+    )
+    .await;
+    assert_eq!(ok(&stopped)["state"], "stopped", "{stopped:?}");
+    // One request, no retries: the proxy starts the machine and holds the request.
+    assert_eq!(fetch(http.clone(), url.clone()).await, "v1\n");
+    let woken = call(&mcp, "machine_get", json!({"machine": "web"})).await;
+    assert_eq!(ok(&woken)["state"], "started");
+}
