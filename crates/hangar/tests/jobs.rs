@@ -113,4 +113,38 @@ async fn a_signalled_job_runs_its_trap() {
         "{err:?}"
     );
     client.cancel_job(app, &id, &another.id).await.unwrap();
+
+    // A number works as well as a name, over plain JSON.
+    let third = client.create_job(app, &id, &job(script)).await.unwrap();
+    eventually(
+        "the third job's sleep to run",
+        Duration::from_secs(20),
+        || running(&client, app, &id, "sleep 299"),
+    )
+    .await;
+    let path = format!("/v1/apps/{app}/machines/{id}/jobs/{}/signal", third.id);
+    let (status, _) = client
+        .raw(
+            reqwest::Method::POST,
+            &path,
+            Some(serde_json::json!({"signal": 15})),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{status}");
+    let done = client
+        .get_job(app, &id, &third.id, 0, 0, Some(30))
+        .await
+        .unwrap();
+    assert_eq!(done.exit_code, Some(7), "{done:?}");
+
+    let (_, doc) = client
+        .raw(reqwest::Method::GET, "/v1/openapi.json", None)
+        .await
+        .unwrap();
+    let signal = &doc["paths"]["/v1/apps/{app}/machines/{id}/jobs/{job}/signal"];
+    assert!(
+        signal.get("post").is_some(),
+        "the signal route is not documented"
+    );
 }
