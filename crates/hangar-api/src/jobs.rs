@@ -1,4 +1,5 @@
-//! Background job routes: start a command, read its output from a cursor, cancel it.
+//! Background job routes: start a command, read its output from a cursor, signal or
+//! cancel it.
 
 use std::time::Duration;
 
@@ -70,10 +71,28 @@ pub async fn get(
 }
 
 #[utoipa::path(delete, path = "/v1/apps/{app}/machines/{id}/jobs/{job}", tag = "Jobs",
+    description = "Kills a running job's processes (SIGKILL to its process group) and marks it cancelled; forgets a finished job.",
     responses((status = 200, body = Job), (status = 404, body = ErrorResponse)))]
 pub async fn cancel(
     State(s): State<AppState>,
     Path((app, id, job)): Path<(String, String, String)>,
 ) -> ApiResult<Json<Job>> {
     Ok(Json(s.service.cancel_job(&app, &id, &job).await?))
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/machines/{id}/jobs/{job}/signal", tag = "Jobs",
+    description = "Sends a signal to a running job's process group; the job keeps its state until its process ends.",
+    request_body = SignalJobRequest,
+    responses((status = 200, body = Job), (status = 400, body = ErrorResponse),
+              (status = 404, body = ErrorResponse), (status = 409, body = ErrorResponse)))]
+pub async fn signal(
+    State(s): State<AppState>,
+    Path((app, id, job)): Path<(String, String, String)>,
+    Body(req): Body<SignalJobRequest>,
+) -> ApiResult<Json<Job>> {
+    Ok(Json(
+        s.service
+            .signal_job(&app, &id, &job, &req.signal_text())
+            .await?,
+    ))
 }

@@ -121,6 +121,10 @@ pub fn router(state: AppState) -> Router {
             get(jobs::get).delete(jobs::cancel),
         )
         .route(
+            &format!("{machine}/jobs/{{job}}/signal"),
+            post(jobs::signal),
+        )
+        .route(
             &format!("{machine}/metadata/{{key}}"),
             post(machines::set_metadata).delete(machines::delete_metadata),
         )

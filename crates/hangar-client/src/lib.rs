@@ -611,6 +611,18 @@ impl Client {
         self.call::<(), _>(Method::DELETE, &path, None).await
     }
 
+    /// Sends `signal` (`SIGTERM`, `TERM` or `15`) to a running job's processes.
+    pub async fn signal_job(&self, app: &str, id: &str, job: &str, signal: &str) -> Result<Job> {
+        let path = format!(
+            "/v1/apps/{app}/machines/{id}/jobs/{}/signal",
+            encode_segment(job)
+        );
+        let body = SignalJobRequest {
+            signal: serde_json::Value::String(signal.to_string()),
+        };
+        self.call(Method::POST, &path, Some(&body)).await
+    }
+
     // Images.
 
     pub async fn list_images(&self) -> Result<Vec<ImageSummary>> {

@@ -123,6 +123,8 @@ impl std::fmt::Debug for GuestFile {
 /// A command run beside the main process (`exec`).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ExecSpec {
+    /// Names the running command for [`Driver::signal_exec`]; anonymous when empty.
+    pub id: String,
     pub argv: Vec<String>,
     /// Extra `KEY=value` pairs on top of the main process's environment.
     pub env: Vec<String>,
@@ -306,6 +308,21 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Runs a command in the machine beside the main process and collects its output.
     async fn exec(&self, id: &MachineId, exec: &ExecSpec) -> Result<ExecOutput, DriverError>;
+
+    /// Sends `signal` to the process group of the running [`ExecSpec`] named
+    /// `exec_id`. [`DriverError::NotRunning`] when no such command runs.
+    async fn signal_exec(
+        &self,
+        id: &MachineId,
+        exec_id: &str,
+        signal: i32,
+    ) -> Result<(), DriverError> {
+        let _ = (id, exec_id, signal);
+        Err(DriverError::Unsupported(format!(
+            "the {} driver cannot signal a running command",
+            self.name()
+        )))
+    }
 
     /// Lists the processes in the machine.
     async fn ps(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, DriverError>;

@@ -28,6 +28,8 @@ pub enum Request {
     Signal { signal: i32 },
     /// Runs a command beside the main process and returns its output.
     Exec(ExecRequest),
+    /// Sends a signal to the process group of the running `exec` with this id.
+    Kill { id: String, signal: i32 },
     /// Lists the machine's processes.
     Ps,
     /// Turns the connection into a stream of [`Event`]s.
@@ -83,6 +85,9 @@ pub struct StopRequest {
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExecRequest {
+    /// Names the exec for a later [`Request::Kill`]; anonymous when empty.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub id: String,
     pub argv: Vec<String>,
     /// Added to (and overriding) the environment of the last main process.
     #[serde(default)]
@@ -326,6 +331,12 @@ mod tests {
                 ..ExecRequest::default()
             })
         );
+        let kill = String::from_utf8(encode_line(&Request::Kill {
+            id: "job_1".into(),
+            signal: 15,
+        }))
+        .unwrap();
+        assert_eq!(kill, "{\"op\":\"kill\",\"id\":\"job_1\",\"signal\":15}\n");
         let ev = String::from_utf8(encode_line(&Event::Exited(ExitInfo {
             code: 137,
             signal: Some(9),

@@ -70,6 +70,7 @@ struct Pending {
 }
 
 struct ExecSession {
+    id: String,
     conn: RawFd,
     pid: libc::pid_t,
     stdin: Option<(RawFd, Vec<u8>, usize)>,
@@ -512,6 +513,10 @@ impl Init {
                 reply(fd, &resp);
             }
             Request::Exec(exec) => self.exec(fd, exec),
+            Request::Kill { id, signal } => {
+                let resp = self.kill_exec(&id, signal);
+                reply(fd, &resp);
+            }
             Request::Ps => reply(
                 fd,
                 &Response::Ps {
@@ -630,7 +635,37 @@ impl Init {
         }
     }
 
+    /// Signals the whole process group of a running exec, so a shell's children
+    /// (`sh -c 'sleep 300'`) get it too.
+    fn kill_exec(&mut self, id: &str, signal: i32) -> Response {
+        let Some(e) = self
+            .execs
+            .iter()
+            .find(|e| !id.is_empty() && e.id == id && e.exit.is_none())
+        else {
+            return Response::error(
+                ErrorKind::NotRunning,
+                format!("no running exec is named {id:?}"),
+            );
+        };
+        // The group may already be empty while the leader is not yet reaped.
+        match sys::kill(-e.pid, signal).or_else(|_| sys::kill(e.pid, signal)) {
+            Ok(()) => Response::Ok,
+            Err(err) => Response::error(ErrorKind::BadRequest, format!("signal {signal}: {err}")),
+        }
+    }
+
     fn exec(&mut self, conn: RawFd, req: ExecRequest) {
+        if !req.id.is_empty() && self.execs.iter().any(|e| e.id == req.id) {
+            reply(
+                conn,
+                &Response::error(
+                    ErrorKind::AlreadyRunning,
+                    format!("an exec named {:?} is already running", req.id),
+                ),
+            );
+            return;
+        }
         let ((in_r, in_w), (out_r, out_w), (err_r, err_w)) = match three_pipes() {
             Ok(p) => p,
             Err(e) => {
@@ -681,6 +716,7 @@ impl Init {
             Some((in_w, req.stdin, 0))
         };
         self.execs.push(ExecSession {
+            id: req.id,
             conn,
             pid,
             stdin,

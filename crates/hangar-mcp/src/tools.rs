@@ -280,6 +280,9 @@ pub struct JobCancelArgs {
     /// Machine name or id.
     pub machine: String,
     pub job: String,
+    /// Send this signal (`SIGTERM`, `SIGINT`, `15`) instead of cancelling: the job
+    /// keeps running until it reacts; poll it with job_poll.
+    pub signal: Option<String>,
 }
 
 #[derive(Debug, Deserialize, JsonSchema)]
@@ -660,7 +663,7 @@ pub fn catalogue(toolsets: &[Toolset]) -> Vec<Tool> {
         tool::<JobCancelArgs, ExecOut>(
             "job_cancel",
             "Cancel a job",
-            "Cancel a running background job (or forget a finished one).",
+            "Cancel a running background job, killing its processes (or forget a finished one). With signal (e.g. SIGTERM), only send that signal and keep the job to poll.",
             DESTRUCTIVE_IDEMPOTENT,
         ),
         tool::<PathArgs, FileOut>(
@@ -1178,9 +1181,18 @@ async fn job_poll(ctx: &Ctx, a: JobArgs) -> R {
 async fn job_cancel(ctx: &Ctx, a: JobCancelArgs) -> R {
     let app = ctx.app(&a.app)?;
     let id = ctx.machine(&app, &a.machine).await?;
-    let job = ctx.client.cancel_job(&app, &id, &a.job).await?;
+    let (job, sent) = match &a.signal {
+        Some(signal) => (
+            ctx.client.signal_job(&app, &id, &a.job, signal).await?,
+            Some(signal),
+        ),
+        None => (ctx.client.cancel_job(&app, &id, &a.job).await?, None),
+    };
     let o = exec_out(&job, None, DEFAULT_OUTPUT_CAP, None);
-    let text = format!("job {} is {}", o.job, o.state);
+    let text = match sent {
+        Some(signal) => format!("sent {signal} to job {}; it is {}", o.job, o.state),
+        None => format!("job {} is {}", o.job, o.state),
+    };
     out(&o, text)
 }
 

@@ -397,6 +397,21 @@ impl Driver for FakeDriver {
         Ok(out)
     }
 
+    async fn signal_exec(
+        &self,
+        id: &MachineId,
+        exec_id: &str,
+        signal: i32,
+    ) -> Result<(), DriverError> {
+        let _ = (exec_id, signal);
+        self.check(Verb::Signal)?;
+        if !self.lock().sandboxes.contains_key(id) {
+            return Err(DriverError::NotFound(id.clone()));
+        }
+        // Fake commands finish inside `exec`: none is ever still running.
+        Err(DriverError::NotRunning(id.clone()))
+    }
+
     async fn ps(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, DriverError> {
         self.check(Verb::Ps)?;
         let state = self.lock();

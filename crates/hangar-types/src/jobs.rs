@@ -17,6 +17,24 @@ pub struct CreateJobRequest {
     pub stdin: Option<String>,
 }
 
+/// `POST /v1/apps/{app}/machines/{id}/jobs/{job}/signal`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct SignalJobRequest {
+    /// A name (`SIGTERM`, `TERM`) or a number (`15`).
+    #[schema(value_type = String, example = "SIGTERM")]
+    pub signal: serde_json::Value,
+}
+
+impl SignalJobRequest {
+    /// The signal as text for parsing: numbers become their decimal form.
+    pub fn signal_text(&self) -> String {
+        match &self.signal {
+            serde_json::Value::String(s) => s.clone(),
+            other => other.to_string(),
+        }
+    }
+}
+
 /// A background job and, from `GET .../jobs/{job}?cursor=N`, its output from byte N.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct Job {

@@ -65,6 +65,7 @@ impl Service {
         let machine = self.live_machine(app, id).await?;
         self.require_started(&machine, "exec in")?;
         let spec = ExecSpec {
+            id: String::new(),
             argv: req.argv,
             env: config::environment(
                 machine.id.as_str(),

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 
 use super::Service;
 use crate::config;
-use crate::driver::ExecSpec;
+use crate::driver::{DriverError, ExecSpec};
 use crate::error::{Error, Result};
 use crate::ids::{MachineId, random_hex};
 
@@ -25,6 +25,8 @@ pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(86_400);
 pub const MAX_JOBS_PER_MACHINE: usize = 64;
 /// Most output bytes of each stream returned by one poll.
 pub const MAX_JOB_CHUNK: usize = 1 << 20;
+
+const SIGKILL: i32 = 9;
 
 /// A parsed job request.
 #[derive(Debug, Clone, PartialEq)]
@@ -111,8 +113,16 @@ impl JobTable {
                 .get_mut(machine)
                 .and_then(|list| list.iter_mut().find(|j| j.id == job))
             {
-                // A cancel got there first: keep its verdict.
+                // A cancel got there first: keep its verdict, and the output the
+                // killed process left.
                 if entry.state != JobState::Running {
+                    if entry.state == JobState::Cancelled
+                        && let Some((stdout, stderr)) = out
+                    {
+                        entry.stdout = stdout;
+                        entry.stderr = stderr;
+                    }
+                    entry.task = None;
                     return;
                 }
                 entry.state = state;
@@ -190,7 +200,10 @@ impl Service {
     pub async fn create_job(self: &Arc<Self>, app: &str, id: &str, req: JobRequest) -> Result<Job> {
         let machine = self.live_machine(app, id).await?;
         self.require_started(&machine, "run a job in")?;
+        let job_id = format!("job_{}", random_hex(8));
         let spec = ExecSpec {
+            // Named after the job so a cancel or signal can reach its process.
+            id: job_id.clone(),
             argv: req.argv.clone(),
             env: config::environment(
                 machine.id.as_str(),
@@ -203,7 +216,6 @@ impl Service {
             stdin: req.stdin,
             timeout: req.timeout,
         };
-        let job_id = format!("job_{}", random_hex(8));
         let (done, _) = watch::channel(false);
         let entry = JobEntry {
             id: job_id.clone(),
@@ -325,18 +337,39 @@ impl Service {
             .ok_or_else(|| not_found(app, id, job))
     }
 
-    /// Stops waiting for a running job and marks it cancelled; a finished job is
-    /// forgotten.
+    /// Kills a running job's process group and marks it cancelled; a finished job
+    /// is forgotten.
     pub async fn cancel_job(&self, app: &str, id: &str, job: &str) -> Result<Job> {
         let machine = self.machine(app, id).await?;
+        let running = self
+            .jobs
+            .with(|jobs| {
+                let list = jobs.get(&machine.id)?;
+                list.iter()
+                    .find(|j| j.id == job)
+                    .map(|j| j.state == JobState::Running)
+            })
+            .ok_or_else(|| not_found(app, id, job))?;
+        // Killed first, so the job's task collects what the process printed and
+        // nothing is left running in the machine.
+        let killed = running
+            && self
+                .driver
+                .signal_exec(&machine.id, job, SIGKILL)
+                .await
+                .is_ok();
         self.jobs
             .with(|jobs| {
                 let list = jobs.get_mut(&machine.id)?;
                 let at = list.iter().position(|j| j.id == job)?;
                 let entry = &mut list[at];
                 if entry.state == JobState::Running {
-                    if let Some(task) = entry.task.take() {
-                        task.abort();
+                    if !killed {
+                        // No way to reach the process (or it just ended): stop
+                        // waiting; dropping the connection makes init kill it.
+                        if let Some(task) = entry.task.take() {
+                            task.abort();
+                        }
                     }
                     entry.state = JobState::Cancelled;
                     entry.finished_at = Some(Utc::now());
@@ -346,6 +379,44 @@ impl Service {
                     let entry = list.remove(at);
                     Some(render(&entry, 0, 0))
                 }
+            })
+            .ok_or_else(|| not_found(app, id, job))
+    }
+
+    /// Sends a signal (`SIGTERM`, `15`) to a running job's process group; the job
+    /// keeps running until its process ends.
+    pub async fn signal_job(&self, app: &str, id: &str, job: &str, signal: &str) -> Result<Job> {
+        let signal = config::parse_signal(signal)?;
+        let machine = self.machine(app, id).await?;
+        let ended = || {
+            Error::request(
+                ErrorCode::InvalidState,
+                format!("job {job} has already ended; start a new one to signal it"),
+            )
+        };
+        let running = self
+            .jobs
+            .with(|jobs| {
+                jobs.get(&machine.id)?
+                    .iter()
+                    .find(|j| j.id == job)
+                    .map(|j| j.state == JobState::Running)
+            })
+            .ok_or_else(|| not_found(app, id, job))?;
+        if !running {
+            return Err(ended());
+        }
+        match self.driver.signal_exec(&machine.id, job, signal).await {
+            Ok(()) => {}
+            Err(DriverError::NotRunning(_)) => return Err(ended()),
+            Err(e) => return Err(e.into()),
+        }
+        self.jobs
+            .with(|jobs| {
+                jobs.get(&machine.id)?
+                    .iter()
+                    .find(|j| j.id == job)
+                    .map(|j| render(j, 0, 0))
             })
             .ok_or_else(|| not_found(app, id, job))
     }

@@ -45,6 +45,15 @@ impl Driver for SandboxDriver {
         Ok(self.exec_command(id, exec).await?)
     }
 
+    async fn signal_exec(
+        &self,
+        id: &MachineId,
+        exec_id: &str,
+        signal: i32,
+    ) -> Result<(), DriverError> {
+        Ok(self.signal_command(id, exec_id, signal).await?)
+    }
+
     async fn ps(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, DriverError> {
         Ok(self.list_processes(id).await?)
     }

@@ -21,6 +21,7 @@ impl SandboxDriver {
         }
         let timeout_ms = e.timeout.as_millis().min(u128::from(u64::MAX)) as u64;
         let req = Request::Exec(ExecRequest {
+            id: e.id.clone(),
             argv: e.argv.clone(),
             env: e.env.clone(),
             cwd: e.cwd.clone(),
@@ -43,6 +44,25 @@ impl SandboxDriver {
             }),
             other => Err(SandboxError::Protocol(format!(
                 "unexpected answer to exec: {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn signal_command(
+        &self,
+        id: &MachineId,
+        exec_id: &str,
+        signal: i32,
+    ) -> Result<(), SandboxError> {
+        self.ensure_exists(id)?;
+        let req = Request::Kill {
+            id: exec_id.to_string(),
+            signal,
+        };
+        match call(id, &self.socket(id), &req, Some(QUICK)).await? {
+            Response::Ok => Ok(()),
+            other => Err(SandboxError::Protocol(format!(
+                "unexpected answer to kill: {other:?}"
             ))),
         }
     }

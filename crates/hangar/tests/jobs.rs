@@ -1,0 +1,150 @@
+//! Black-box tests of background jobs' processes: a cancel kills what the job
+//! started, and a signal reaches it.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{busybox, eventually, launch, setup};
+use hangar_client::{Client, ClientError};
+use hangar_types::CreateJobRequest;
+
+async fn running(client: &Client, app: &str, id: &str, needle: &str) -> bool {
+    client
+        .ps(app, id)
+        .await
+        .unwrap()
+        .iter()
+        .any(|p| p.command.contains(needle))
+}
+
+fn job(script: &str) -> CreateJobRequest {
+    CreateJobRequest {
+        command: vec!["sh".into(), "-c".into(), script.into()],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cancelling_a_job_kills_its_processes() {
+    let app = "jobs-cancel";
+    let Some((_daemon, client)) = setup(app).await else {
+        return;
+    };
+    let id = launch(&client, app, busybox(&["sleep", "100000"])).await;
+    let started = client
+        .create_job(app, &id, &job("echo started; sleep 300"))
+        .await
+        .unwrap();
+    eventually("the job's sleep to run", Duration::from_secs(20), || {
+        running(&client, app, &id, "sleep 300")
+    })
+    .await;
+
+    let cancelled = client.cancel_job(app, &id, &started.id).await.unwrap();
+    assert_eq!(cancelled.state, "cancelled");
+    eventually(
+        "the cancelled job's sleep to be gone",
+        Duration::from_secs(20),
+        || async { !running(&client, app, &id, "sleep 300").await },
+    )
+    .await;
+    // What the job printed before it was killed is kept, and it stays cancelled.
+    eventually("the killed job's output", Duration::from_secs(20), || {
+        let (client, id, job) = (client.clone(), id.clone(), started.id.clone());
+        async move {
+            let j = client.get_job(app, &id, &job, 0, 0, None).await.unwrap();
+            assert_eq!(j.state, "cancelled", "{j:?}");
+            j.stdout.contains("started")
+        }
+    })
+    .await;
+    // The machine's own process is untouched.
+    assert!(running(&client, app, &id, "sleep 100000").await);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_signalled_job_runs_its_trap() {
+    let app = "jobs-signal";
+    let Some((_daemon, client)) = setup(app).await else {
+        return;
+    };
+    let id = launch(&client, app, busybox(&["sleep", "100000"])).await;
+    let script = "trap 'echo got-term; exit 7' TERM; while :; do sleep 299; done";
+    let started = client.create_job(app, &id, &job(script)).await.unwrap();
+    // The sleep runs only once the trap is set.
+    eventually("the job's sleep to run", Duration::from_secs(20), || {
+        running(&client, app, &id, "sleep 299")
+    })
+    .await;
+
+    let signalled = client
+        .signal_job(app, &id, &started.id, "SIGTERM")
+        .await
+        .unwrap();
+    assert_eq!(signalled.id, started.id);
+    let done = client
+        .get_job(app, &id, &started.id, 0, 0, Some(30))
+        .await
+        .unwrap();
+    assert_eq!(done.state, "exited", "{done:?}");
+    assert_eq!(done.exit_code, Some(7), "{done:?}");
+    assert!(done.stdout.contains("got-term"), "{done:?}");
+
+    // An ended job cannot be signalled; a bad signal name is refused.
+    let err = client
+        .signal_job(app, &id, &started.id, "15")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 409, code, .. } if code == "invalid_state"),
+        "{err:?}"
+    );
+    let another = client
+        .create_job(app, &id, &job("sleep 298"))
+        .await
+        .unwrap();
+    let err = client
+        .signal_job(app, &id, &another.id, "SIGNOPE")
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 400, .. }),
+        "{err:?}"
+    );
+    client.cancel_job(app, &id, &another.id).await.unwrap();
+
+    // A number works as well as a name, over plain JSON.
+    let third = client.create_job(app, &id, &job(script)).await.unwrap();
+    eventually(
+        "the third job's sleep to run",
+        Duration::from_secs(20),
+        || running(&client, app, &id, "sleep 299"),
+    )
+    .await;
+    let path = format!("/v1/apps/{app}/machines/{id}/jobs/{}/signal", third.id);
+    let (status, _) = client
+        .raw(
+            reqwest::Method::POST,
+            &path,
+            Some(serde_json::json!({"signal": 15})),
+        )
+        .await
+        .unwrap();
+    assert!(status.is_success(), "{status}");
+    let done = client
+        .get_job(app, &id, &third.id, 0, 0, Some(30))
+        .await
+        .unwrap();
+    assert_eq!(done.exit_code, Some(7), "{done:?}");
+
+    let (_, doc) = client
+        .raw(reqwest::Method::GET, "/v1/openapi.json", None)
+        .await
+        .unwrap();
+    let signal = &doc["paths"]["/v1/apps/{app}/machines/{id}/jobs/{job}/signal"];
+    assert!(
+        signal.get("post").is_some(),
+        "the signal route is not documented"
+    );
+}
