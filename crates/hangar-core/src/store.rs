@@ -90,6 +90,18 @@ pub trait Store: Send + Sync + 'static {
     async fn get_egress(&self, app: &str) -> StoreResult<Option<String>>;
     async fn set_egress(&self, app: &str, policy: &str) -> StoreResult<()>;
     async fn list_egress(&self) -> StoreResult<Vec<(String, String)>>;
+
+    /// The machine that holds MCP session `session` of `app`, if one was recorded.
+    async fn get_mcp_session(&self, app: &str, session: &str) -> StoreResult<Option<MachineId>>;
+    /// Records (or moves) MCP session `session` of `app` to `machine`.
+    async fn set_mcp_session(
+        &self,
+        app: &str,
+        session: &str,
+        machine: &MachineId,
+    ) -> StoreResult<()>;
+    /// Forgets every MCP session the machine held (none is fine).
+    async fn delete_mcp_sessions(&self, machine: &MachineId) -> StoreResult<()>;
 }
 
 /// A machine's place in the private network.

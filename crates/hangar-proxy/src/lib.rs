@@ -59,7 +59,8 @@ pub struct Proxy {
     pub(crate) load: Mutex<HashMap<String, Load>>,
     /// Next hop for requests without any steering, so equal loads rotate.
     pub(crate) turn: std::sync::atomic::AtomicUsize,
-    /// `Mcp-Session-Id` → the machine that created the session, per app.
+    /// `Mcp-Session-Id` → the machine that created the session, per app: a cache of
+    /// what the store keeps. Entries of destroyed machines only lead to a 503.
     sessions: Mutex<HashMap<(String, String), String>>,
 }
 
@@ -74,16 +75,55 @@ impl Proxy {
         })
     }
 
+    /// The machine holding MCP session `session`, from the cache or else the store
+    /// (which keeps sessions across daemon restarts).
     pub(crate) async fn session_machine(&self, app: &str, session: &str) -> Option<String> {
-        let sessions = self.sessions.lock().expect("session table poisoned");
-        sessions
-            .get(&(app.to_string(), session.to_string()))
-            .cloned()
+        let key = (app.to_string(), session.to_string());
+        if let Some(id) = self
+            .sessions
+            .lock()
+            .expect("session table poisoned")
+            .get(&key)
+        {
+            return Some(id.clone());
+        }
+        match self.service.mcp_session_machine(app, session).await {
+            Ok(Some(id)) => {
+                let id = id.as_str().to_string();
+                self.sessions
+                    .lock()
+                    .expect("session table poisoned")
+                    .insert(key, id.clone());
+                Some(id)
+            }
+            Ok(None) => None,
+            Err(err) => {
+                tracing::warn!(%app, %err, "could not look up an MCP session");
+                None
+            }
+        }
     }
 
     pub(crate) async fn remember_session(&self, app: &str, session: &str, machine: &str) {
-        let mut sessions = self.sessions.lock().expect("session table poisoned");
-        sessions.insert((app.to_string(), session.to_string()), machine.to_string());
+        let key = (app.to_string(), session.to_string());
+        {
+            let sessions = self.sessions.lock().expect("session table poisoned");
+            if sessions.get(&key).map(String::as_str) == Some(machine) {
+                return;
+            }
+        }
+        let Some(id) = hangar_core::MachineId::parse(machine) else {
+            return;
+        };
+        // Persist first: the cache must never claim what a restart would forget.
+        if let Err(err) = self.service.remember_mcp_session(app, session, &id).await {
+            tracing::warn!(%app, machine, %err, "could not record an MCP session");
+            return;
+        }
+        self.sessions
+            .lock()
+            .expect("session table poisoned")
+            .insert(key, machine.to_string());
     }
 
     /// Serves plain HTTP on `listener` until `shutdown`; requests are routed to

@@ -253,6 +253,11 @@ impl Store for SqliteStore {
             .execute(&mut *tx)
             .await
             .map_err(backend)?;
+        sqlx::query("DELETE FROM mcp_sessions WHERE machine_id = ?")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await
+            .map_err(backend)?;
         sqlx::query("DELETE FROM machines WHERE id = ?")
             .bind(id.as_str())
             .execute(&mut *tx)
@@ -596,6 +601,46 @@ impl Store for SqliteStore {
             })
             .collect()
     }
+
+    async fn get_mcp_session(&self, app: &str, session: &str) -> StoreResult<Option<MachineId>> {
+        let id: Option<String> = sqlx::query_scalar(
+            "SELECT machine_id FROM mcp_sessions WHERE app = ? AND session_id = ?",
+        )
+        .bind(app)
+        .bind(session)
+        .fetch_optional(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(id.and_then(|id| MachineId::parse(&id)))
+    }
+
+    async fn set_mcp_session(
+        &self,
+        app: &str,
+        session: &str,
+        machine: &MachineId,
+    ) -> StoreResult<()> {
+        sqlx::query(
+            "INSERT INTO mcp_sessions (app, session_id, machine_id) VALUES (?, ?, ?)
+             ON CONFLICT(app, session_id) DO UPDATE SET machine_id = excluded.machine_id",
+        )
+        .bind(app)
+        .bind(session)
+        .bind(machine.as_str())
+        .execute(&self.pool)
+        .await
+        .map_err(backend)?;
+        Ok(())
+    }
+
+    async fn delete_mcp_sessions(&self, machine: &MachineId) -> StoreResult<()> {
+        sqlx::query("DELETE FROM mcp_sessions WHERE machine_id = ?")
+            .bind(machine.as_str())
+            .execute(&self.pool)
+            .await
+            .map_err(backend)?;
+        Ok(())
+    }
 }
 
 /// The lowest number in `1..=max` not in `taken` (sorted ascending).
@@ -817,6 +862,38 @@ mod tests {
                 .await,
             Err(StoreError::Conflict)
         ));
+    }
+
+    #[tokio::test]
+    async fn mcp_sessions_survive_reopening_and_go_with_their_machine() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hangar.db");
+        let a = MachineId::parse(&format!("{:014x}", 1)).unwrap();
+        let b = MachineId::parse(&format!("{:014x}", 2)).unwrap();
+        {
+            let store = SqliteStore::open(&path).await.unwrap();
+            store.set_mcp_session("web", "s1", &a).await.unwrap();
+            store.set_mcp_session("web", "s2", &b).await.unwrap();
+            store.set_mcp_session("other", "s1", &b).await.unwrap();
+        }
+        let store = SqliteStore::open(&path).await.unwrap();
+        assert_eq!(
+            store.get_mcp_session("web", "s1").await.unwrap(),
+            Some(a.clone())
+        );
+        assert_eq!(
+            store.get_mcp_session("other", "s1").await.unwrap(),
+            Some(b.clone())
+        );
+        store.set_mcp_session("web", "s1", &b).await.unwrap();
+        assert_eq!(
+            store.get_mcp_session("web", "s1").await.unwrap(),
+            Some(b.clone())
+        );
+        store.delete_mcp_sessions(&b).await.unwrap();
+        assert_eq!(store.get_mcp_session("web", "s1").await.unwrap(), None);
+        assert_eq!(store.get_mcp_session("web", "s2").await.unwrap(), None);
+        assert_eq!(store.get_mcp_session("web", "nope").await.unwrap(), None);
     }
 
     #[tokio::test]

@@ -307,6 +307,7 @@ impl Service {
         machine.lease = None;
         self.forget_checkpoints(machine).await;
         self.release_address(&machine.id).await;
+        self.forget_mcp_sessions(&machine.id).await;
         self.set_state(machine, MachineState::Destroyed).await?;
         self.sync_network_logged().await;
         self.event(

@@ -19,6 +19,7 @@ mod logs;
 mod machines;
 mod network;
 pub mod reconcile;
+mod sessions;
 mod volumes;
 
 use std::collections::HashMap;
