@@ -137,6 +137,23 @@ impl JobTable {
         });
     }
 
+    /// Adds output a running job just wrote; the final output replaces it all.
+    fn append(&self, machine: &MachineId, job: &str, stderr: bool, data: &[u8]) {
+        self.with(|jobs| {
+            if let Some(entry) = jobs
+                .get_mut(machine)
+                .and_then(|list| list.iter_mut().find(|j| j.id == job))
+            {
+                let buf = if stderr {
+                    &mut entry.stderr
+                } else {
+                    &mut entry.stdout
+                };
+                buf.extend_from_slice(data);
+            }
+        });
+    }
+
     /// Forgets a machine's jobs (it was destroyed), stopping the ones that run.
     pub(crate) fn forget(&self, machine: &MachineId) {
         self.with(|jobs| {
@@ -256,7 +273,17 @@ impl Service {
         let service = Arc::clone(self);
         let (machine_id, job) = (machine.id.clone(), job_id.clone());
         let task = tokio::spawn(async move {
-            let result = service.driver.exec(&machine_id, &spec).await;
+            let sink = {
+                let (service, machine_id, job) =
+                    (Arc::clone(&service), machine_id.clone(), job.clone());
+                move |stderr: bool, data: &[u8]| {
+                    service.jobs.append(&machine_id, &job, stderr, data)
+                }
+            };
+            let result = service
+                .driver
+                .exec_streaming(&machine_id, &spec, &sink)
+                .await;
             let (state, out) = match result {
                 Ok(out) if out.timed_out => (
                     JobState::TimedOut {
