@@ -135,6 +135,9 @@ pub struct ExecSpec {
     pub timeout: Duration,
 }
 
+/// Receives a running command's output as it is written (`true` for stderr).
+pub type OutputSink = dyn Fn(bool, &[u8]) + Send + Sync;
+
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
     pub stdout: Vec<u8>,
@@ -308,6 +311,18 @@ pub trait Driver: Send + Sync + 'static {
 
     /// Runs a command in the machine beside the main process and collects its output.
     async fn exec(&self, id: &MachineId, exec: &ExecSpec) -> Result<ExecOutput, DriverError>;
+
+    /// [`Driver::exec`], also handing output to `sink` while the command runs. The
+    /// returned output is all of it, streamed or not.
+    async fn exec_streaming(
+        &self,
+        id: &MachineId,
+        exec: &ExecSpec,
+        sink: &OutputSink,
+    ) -> Result<ExecOutput, DriverError> {
+        let _ = sink;
+        self.exec(id, exec).await
+    }
 
     /// Sends `signal` to the process group of the running [`ExecSpec`] named
     /// `exec_id`. [`DriverError::NotRunning`] when no such command runs.

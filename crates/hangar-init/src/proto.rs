@@ -101,6 +101,10 @@ pub struct ExecRequest {
     /// The command's process group is killed after this long; 0 means no limit.
     #[serde(default)]
     pub timeout_ms: u64,
+    /// Send [`Response::Output`] lines as output arrives, before the reply (which
+    /// still carries all of it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stream: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -115,6 +119,12 @@ pub enum Response {
         exit: Option<ExitInfo>,
     },
     Exec(ExecReply),
+    /// A piece of a streaming exec's output, as it was written.
+    Output {
+        stderr: bool,
+        #[serde(with = "base64")]
+        data: Vec<u8>,
+    },
     Ps {
         processes: Vec<ProcInfo>,
     },

@@ -71,6 +71,7 @@ struct Pending {
 
 struct ExecSession {
     id: String,
+    stream: bool,
     conn: RawFd,
     pid: libc::pid_t,
     stdin: Option<(RawFd, Vec<u8>, usize)>,
@@ -717,6 +718,7 @@ impl Init {
         };
         self.execs.push(ExecSession {
             id: req.id,
+            stream: req.stream,
             conn,
             pid,
             stdin,
@@ -746,6 +748,20 @@ impl Init {
                 Ok(n) if n > 0 => {
                     let room = proto::MAX_EXEC_OUTPUT.saturating_sub(e.collected[i].len());
                     e.collected[i].extend_from_slice(&buf[..n.min(room)]);
+                    if e.stream && e.conn >= 0 && n.min(room) > 0 {
+                        let line = proto::encode_line(&Response::Output {
+                            stderr: i == 1,
+                            data: buf[..n.min(room)].to_vec(),
+                        });
+                        // Blocking (bounded by the send timeout) so a line is never
+                        // cut; a client that stops reading loses its stream.
+                        let _ = sys::set_nonblocking(e.conn, false);
+                        let sent = sys::write_all(e.conn, &line);
+                        let _ = sys::set_nonblocking(e.conn, true);
+                        if sent.is_err() {
+                            e.stream = false;
+                        }
+                    }
                     if n > room {
                         e.truncated[i] = true;
                     }

@@ -148,3 +148,30 @@ async fn a_signalled_job_runs_its_trap() {
         "the signal route is not documented"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn output_shows_while_the_job_runs() {
+    let app = "jobs-stream";
+    let Some((_daemon, client)) = setup(app).await else {
+        return;
+    };
+    let id = launch(&client, app, busybox(&["sleep", "100000"])).await;
+    let script = "echo early; echo oops >&2; sleep 297; echo late";
+    let started = client.create_job(app, &id, &job(script)).await.unwrap();
+    eventually("output of the running job", Duration::from_secs(20), || {
+        let (client, id, job) = (client.clone(), id.clone(), started.id.clone());
+        async move {
+            let j = client.get_job(app, &id, &job, 0, 0, None).await.unwrap();
+            assert_eq!(j.state, "running", "{j:?}");
+            j.stdout == "early\n" && j.stderr == "oops\n"
+        }
+    })
+    .await;
+    // The cursor moves on past what was read.
+    let j = client
+        .get_job(app, &id, &started.id, 6, 5, None)
+        .await
+        .unwrap();
+    assert_eq!((j.stdout.as_str(), j.next_cursor), ("", 6), "{j:?}");
+    client.cancel_job(app, &id, &started.id).await.unwrap();
+}

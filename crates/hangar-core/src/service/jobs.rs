@@ -137,6 +137,23 @@ impl JobTable {
         });
     }
 
+    /// Adds output a running job just wrote; the final output replaces it all.
+    fn append(&self, machine: &MachineId, job: &str, stderr: bool, data: &[u8]) {
+        self.with(|jobs| {
+            if let Some(entry) = jobs
+                .get_mut(machine)
+                .and_then(|list| list.iter_mut().find(|j| j.id == job))
+            {
+                let buf = if stderr {
+                    &mut entry.stderr
+                } else {
+                    &mut entry.stdout
+                };
+                buf.extend_from_slice(data);
+            }
+        });
+    }
+
     /// Forgets a machine's jobs (it was destroyed), stopping the ones that run.
     pub(crate) fn forget(&self, machine: &MachineId) {
         self.with(|jobs| {
@@ -256,7 +273,17 @@ impl Service {
         let service = Arc::clone(self);
         let (machine_id, job) = (machine.id.clone(), job_id.clone());
         let task = tokio::spawn(async move {
-            let result = service.driver.exec(&machine_id, &spec).await;
+            let sink = {
+                let (service, machine_id, job) =
+                    (Arc::clone(&service), machine_id.clone(), job.clone());
+                move |stderr: bool, data: &[u8]| {
+                    service.jobs.append(&machine_id, &job, stderr, data)
+                }
+            };
+            let result = service
+                .driver
+                .exec_streaming(&machine_id, &spec, &sink)
+                .await;
             let (state, out) = match result {
                 Ok(out) if out.timed_out => (
                     JobState::TimedOut {
@@ -341,46 +368,47 @@ impl Service {
     /// is forgotten.
     pub async fn cancel_job(&self, app: &str, id: &str, job: &str) -> Result<Job> {
         let machine = self.machine(app, id).await?;
-        let running = self
+        // Marked cancelled before the kill, so the job's own end (killed by us)
+        // cannot win the race and call it `exited`.
+        let (rendered, was_running) = self
             .jobs
-            .with(|jobs| {
-                let list = jobs.get(&machine.id)?;
-                list.iter()
-                    .find(|j| j.id == job)
-                    .map(|j| j.state == JobState::Running)
-            })
-            .ok_or_else(|| not_found(app, id, job))?;
-        // Killed first, so the job's task collects what the process printed and
-        // nothing is left running in the machine.
-        let killed = running
-            && self
-                .driver
-                .signal_exec(&machine.id, job, SIGKILL)
-                .await
-                .is_ok();
-        self.jobs
             .with(|jobs| {
                 let list = jobs.get_mut(&machine.id)?;
                 let at = list.iter().position(|j| j.id == job)?;
                 let entry = &mut list[at];
                 if entry.state == JobState::Running {
-                    if !killed {
-                        // No way to reach the process (or it just ended): stop
-                        // waiting; dropping the connection makes init kill it.
-                        if let Some(task) = entry.task.take() {
-                            task.abort();
-                        }
-                    }
                     entry.state = JobState::Cancelled;
                     entry.finished_at = Some(Utc::now());
                     let _ = entry.done.send(true);
-                    Some(render(entry, 0, 0))
+                    Some((render(entry, 0, 0), true))
                 } else {
                     let entry = list.remove(at);
-                    Some(render(&entry, 0, 0))
+                    Some((render(&entry, 0, 0), false))
                 }
             })
-            .ok_or_else(|| not_found(app, id, job))
+            .ok_or_else(|| not_found(app, id, job))?;
+        // Killed rather than abandoned: the job's task then collects what the
+        // process printed, and nothing is left running in the machine.
+        if was_running
+            && self
+                .driver
+                .signal_exec(&machine.id, job, SIGKILL)
+                .await
+                .is_err()
+        {
+            // No way to reach the process (or it just ended): stop waiting;
+            // dropping the connection makes init kill what is left.
+            self.jobs.with(|jobs| {
+                if let Some(task) = jobs
+                    .get_mut(&machine.id)
+                    .and_then(|list| list.iter_mut().find(|j| j.id == job))
+                    .and_then(|entry| entry.task.take())
+                {
+                    task.abort();
+                }
+            });
+        }
+        Ok(rendered)
     }
 
     /// Sends a signal (`SIGTERM`, `15`) to a running job's process group; the job

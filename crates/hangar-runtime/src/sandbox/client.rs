@@ -33,22 +33,41 @@ pub(crate) async fn call(
     req: &Request,
     timeout: Option<Duration>,
 ) -> Result<Response, SandboxError> {
+    call_with_output(id, socket, req, timeout, &|_, _| {}).await
+}
+
+/// [`call`], handing each [`Response::Output`] line that comes before the answer
+/// to `output` (`true` for stderr).
+pub(crate) async fn call_with_output(
+    id: &MachineId,
+    socket: &Path,
+    req: &Request,
+    timeout: Option<Duration>,
+    output: &(dyn Fn(bool, &[u8]) + Send + Sync),
+) -> Result<Response, SandboxError> {
     let exchange = async {
         let mut stream = connect(id, socket).await?;
         stream
             .write_all(&proto::encode_line(req))
             .await
             .map_err(|e| SandboxError::Unreachable(id.clone(), e))?;
-        let mut line = String::new();
-        BufReader::new(stream)
-            .read_line(&mut line)
-            .await
-            .map_err(|e| SandboxError::Unreachable(id.clone(), e))?;
-        if line.is_empty() {
-            return Err(SandboxError::Protocol("init closed the connection".into()));
-        }
-        let resp: Response = serde_json::from_str(&line)
-            .map_err(|e| SandboxError::Protocol(format!("bad response: {e}")))?;
+        let mut reader = BufReader::new(stream);
+        let resp = loop {
+            let mut line = String::new();
+            reader
+                .read_line(&mut line)
+                .await
+                .map_err(|e| SandboxError::Unreachable(id.clone(), e))?;
+            if line.is_empty() {
+                return Err(SandboxError::Protocol("init closed the connection".into()));
+            }
+            match serde_json::from_str(&line)
+                .map_err(|e| SandboxError::Protocol(format!("bad response: {e}")))?
+            {
+                Response::Output { stderr, data } => output(stderr, &data),
+                resp => break resp,
+            }
+        };
         match resp {
             Response::Error { kind, message } => Err(SandboxError::Rejected {
                 id: id.clone(),

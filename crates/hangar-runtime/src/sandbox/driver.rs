@@ -42,7 +42,16 @@ impl Driver for SandboxDriver {
     }
 
     async fn exec(&self, id: &MachineId, exec: &ExecSpec) -> Result<ExecOutput, DriverError> {
-        Ok(self.exec_command(id, exec).await?)
+        Ok(self.exec_command(id, exec, None).await?)
+    }
+
+    async fn exec_streaming(
+        &self,
+        id: &MachineId,
+        exec: &ExecSpec,
+        sink: &hangar_core::driver::OutputSink,
+    ) -> Result<ExecOutput, DriverError> {
+        Ok(self.exec_command(id, exec, Some(sink)).await?)
     }
 
     async fn signal_exec(

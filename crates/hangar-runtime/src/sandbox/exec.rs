@@ -3,10 +3,10 @@
 use std::time::Duration;
 
 use hangar_core::MachineId;
-use hangar_core::driver::{ExecOutput, ExecSpec, ExitStatus, ProcessInfo};
+use hangar_core::driver::{ExecOutput, ExecSpec, ExitStatus, OutputSink, ProcessInfo};
 use hangar_init::proto::{ExecRequest, Request, Response};
 
-use super::client::{QUICK, call};
+use super::client::{QUICK, call, call_with_output};
 use super::{SandboxDriver, SandboxError};
 
 impl SandboxDriver {
@@ -14,6 +14,7 @@ impl SandboxDriver {
         &self,
         id: &MachineId,
         e: &ExecSpec,
+        sink: Option<&OutputSink>,
     ) -> Result<ExecOutput, SandboxError> {
         self.ensure_exists(id)?;
         if self.shared.cgroups.is_frozen(id) {
@@ -28,10 +29,12 @@ impl SandboxDriver {
             user: e.user.clone(),
             stdin: e.stdin.clone(),
             timeout_ms,
+            stream: sink.is_some(),
         });
         // Init enforces the timeout; ours only covers an init that stopped answering.
         let wait = (!e.timeout.is_zero()).then(|| e.timeout + QUICK + Duration::from_secs(20));
-        match call(id, &self.socket(id), &req, wait).await? {
+        let sink = sink.unwrap_or(&|_, _| {});
+        match call_with_output(id, &self.socket(id), &req, wait, sink).await? {
             Response::Exec(reply) => Ok(ExecOutput {
                 stdout: reply.stdout,
                 stderr: reply.stderr,
