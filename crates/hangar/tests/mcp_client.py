@@ -23,7 +23,7 @@ def expect(cond, what):
 async def drive(session, app, machine):
     await session.initialize()
     tools = (await session.list_tools()).tools
-    expect(10 <= len(tools) <= 14, f"10-14 tools, got {len(tools)}")
+    expect(10 <= len(tools) <= 15, f"10-15 tools, got {len(tools)}")
     for tool in tools:
         expect(tool.outputSchema is not None, f"{tool.name} has an outputSchema")
         expect(tool.annotations is not None and tool.annotations.readOnlyHint is not None,
