@@ -7,7 +7,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{busybox, launch, setup};
+use common::{busybox, launch, setup, sh};
 use hangar_types::{MachineConfig, StopRequest};
 
 const SERVER: &str = include_str!("proxy_server.sh");
@@ -76,7 +76,7 @@ async fn ready(client: &reqwest::Client, url: &str, id: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn proxy_balances_steers_replays_pins_sessions_and_wakes() {
     let app = unique("proxyweb");
-    let Some((daemon, client)) = setup(&app).await else {
+    let Some((mut daemon, client)) = setup(&app).await else {
         return;
     };
     let a = launch(&client, &app, web_config()).await;
@@ -120,6 +120,20 @@ async fn proxy_balances_steers_replays_pins_sessions_and_wakes() {
     for _ in 0..6 {
         let body = get(&http, &url, &[("mcp-session-id", &session)]).await.1;
         assert_eq!(first_word(&body), owner);
+    }
+
+    // ... and still does after the daemon restarts: the session is in the store.
+    daemon.kill9();
+    daemon.spawn();
+    let client = daemon.client();
+    let port = daemon.proxy.rsplit_once(':').unwrap().1.to_string();
+    let http = http_client(&app, &[&a, &b], &daemon.proxy);
+    let url = format!("http://{app}.hangar.localhost:{port}/cgi-bin/id");
+    ready(&http, &url, &a).await;
+    ready(&http, &url, &b).await;
+    for _ in 0..8 {
+        let body = get(&http, &url, &[("mcp-session-id", &session)]).await.1;
+        assert_eq!(first_word(&body), owner, "after a restart");
     }
 
     // A request for a stopped machine starts it and is answered by it.
@@ -226,3 +240,111 @@ async fn expose_publishes_a_running_machine_without_restarting_it() {
     );
     assert_eq!(after.state, "started");
 }
+
+/// Reads from `stream` into `buf` until `needle` shows up, failing after `within`.
+async fn read_until(
+    stream: &mut tokio::net::TcpStream,
+    buf: &mut Vec<u8>,
+    needle: &str,
+    within: Duration,
+) {
+    use tokio::io::AsyncReadExt;
+    let deadline = tokio::time::Instant::now() + within;
+    while !String::from_utf8_lossy(buf).contains(needle) {
+        let mut chunk = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stream.read(&mut chunk))
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "no {needle:?} within {within:?}; got {:?}",
+                    String::from_utf8_lossy(buf)
+                )
+            })
+            .unwrap();
+        assert!(
+            n > 0,
+            "stream ended before {needle:?}; got {:?}",
+            String::from_utf8_lossy(buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn event_streams_arrive_as_sent_and_websockets_become_a_pipe() {
+    use tokio::io::AsyncWriteExt;
+    let app = unique("proxystream");
+    let Some((daemon, client)) = setup(&app).await else {
+        return;
+    };
+    let web = launch(&client, &app, web_config()).await;
+    let port = daemon.proxy.rsplit_once(':').unwrap().1.to_string();
+    let http = http_client(&app, &[&web], &daemon.proxy);
+    let url = format!("http://{app}.hangar.localhost:{port}/cgi-bin/id");
+    ready(&http, &url, &web).await;
+
+    // The first event reaches the client while the machine still holds the stream
+    // open: the machine sends the second only after the test has seen the first.
+    let mut sse = tokio::net::TcpStream::connect(&daemon.proxy).await.unwrap();
+    let request = format!(
+        "GET /cgi-bin/events HTTP/1.1\r\nHost: {app}.hangar.localhost\r\n\
+         Accept: text/event-stream\r\n\r\n"
+    );
+    sse.write_all(request.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut sse, &mut got, "data: first", Duration::from_secs(30)).await;
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(head.contains("content-type: text/event-stream"), "{head}");
+    assert!(!head.contains("data: second"), "{head}");
+    sh(&client, &app, &web, "touch /tmp/go").await;
+    read_until(&mut sse, &mut got, "data: second", Duration::from_secs(30)).await;
+
+    // A WebSocket handshake answered with 101 turns the connection into a byte pipe
+    // both ways (the machine echoes what it gets).
+    let ws_app = unique("proxyws");
+    client.create_app(&ws_app, None).await.unwrap();
+    let mut ws_config = busybox(&["sh", "-c", WS_SERVER]);
+    ws_config.extra.insert(
+        "services".into(),
+        serde_json::json!([{
+            "protocol": "tcp",
+            "internal_port": 8080,
+            "autostart": true,
+            "ports": [{"port": 80, "handlers": ["http"]}]
+        }]),
+    );
+    launch(&client, &ws_app, ws_config).await;
+    let handshake = format!(
+        "GET /echo HTTP/1.1\r\nHost: {ws_app}.hangar.localhost\r\nConnection: Upgrade\r\n\
+         Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"
+    );
+    // The proxy itself waits for the machine's listener to accept.
+    let mut ws = tokio::net::TcpStream::connect(&daemon.proxy).await.unwrap();
+    ws.write_all(handshake.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    read_until(&mut ws, &mut got, "\r\n\r\n", Duration::from_secs(30)).await;
+    let head = String::from_utf8_lossy(&got).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 101"), "{head}");
+    assert!(head.contains("upgrade: websocket"), "{head}");
+    for msg in ["hello through the proxy\n", "and back again\n"] {
+        let mut echoed = Vec::new();
+        ws.write_all(msg.as_bytes()).await.unwrap();
+        read_until(&mut ws, &mut echoed, msg, Duration::from_secs(30)).await;
+        assert_eq!(String::from_utf8_lossy(&echoed), msg);
+    }
+}
+
+/// Accepts a WebSocket handshake with 101, then echoes bytes back unchanged.
+const WS_SERVER: &str = r#"cat > /ws <<'EOF'
+#!/bin/sh
+cr=$(printf '\r')
+while read -r line; do
+  line=${line%"$cr"}
+  [ -z "$line" ] && break
+done
+printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n'
+exec cat
+EOF
+chmod +x /ws && exec nc -ll -p 8080 -e /ws"#;
