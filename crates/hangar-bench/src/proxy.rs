@@ -236,8 +236,12 @@ async fn worker(addr: SocketAddr, host: &str, n: usize) -> Result<(Vec<u64>, u64
         let began = Instant::now();
         let mut attempts = 0;
         let resp = loop {
+            let reusable = match conn.as_mut() {
+                Some(s) => s.ready().await.is_ok(),
+                None => false,
+            };
             let mut sender = match conn.take() {
-                Some(mut s) if s.ready().await.is_ok() => s,
+                Some(s) if reusable => s,
                 _ => {
                     connects += 1;
                     connect(addr).await?
