@@ -66,7 +66,10 @@ async fn proxy_bench(options: proxy::Options) -> Result<()> {
     let client = daemon.client();
     client.health().await?;
     import(&client, rootfs.path()).await?;
-    let proxy = daemon.proxy.clone().context("the daemon announced no proxy")?;
+    let proxy = daemon
+        .proxy
+        .clone()
+        .context("the daemon announced no proxy")?;
     let rows = proxy::bench(&client, &proxy, &options).await?;
     for line in proxy::load_header() {
         println!("{line}");

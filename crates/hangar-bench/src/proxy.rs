@@ -102,7 +102,9 @@ async fn run(client: &Client, proxy: &str, options: &Options) -> Result<Vec<Stri
     let m = client.create_machine(APP, &web_request()).await?;
     let result = async {
         client.wait(APP, &m.id, "started", 30).await?;
-        wait_ok(proxy, &host).await.context("httpd through the proxy")?;
+        wait_ok(proxy, &host)
+            .await
+            .context("httpd through the proxy")?;
         let m = client.get_machine(APP, &m.id).await?;
         let mut rows = Vec::new();
 
@@ -285,7 +287,9 @@ async fn wake(
     host: &str,
     runs: usize,
 ) -> Result<Samples> {
-    let mut ttfb = Samples::new("wake-on-request: stopped machine, one GET through the proxy, time to first byte");
+    let mut ttfb = Samples::new(
+        "wake-on-request: stopped machine, one GET through the proxy, time to first byte",
+    );
     let request = format!("GET /index.html HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     for _ in 0..runs {
         let stop = StopRequest {
