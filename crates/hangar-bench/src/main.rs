@@ -4,8 +4,12 @@
 //! Run as root, from a release build: `cargo run --release -p hangar-bench -- [--idle N]`.
 //! It starts its own `hangar serve` (the binary next to this one) in a temporary data
 //! dir, and removes every machine and container it made.
+//!
+//! `hangar-bench proxy [--requests N] [--conns N] [--wake-runs N]` measures the edge
+//! proxy instead (see `proxy.rs`).
 
 mod crun;
+mod proxy;
 mod stats;
 
 use std::io::{BufRead, BufReader};
@@ -49,13 +53,37 @@ fn main() -> Result<()> {
         let runs = args.get(3).context("crun-peer ROOTFS RUNS")?.parse()?;
         return crun::peer_main(&rootfs, runs);
     }
+    if args.get(1).map(String::as_str) == Some("proxy") {
+        let options = proxy::parse(args.into_iter().skip(2))?;
+        return tokio::runtime::Runtime::new()?.block_on(proxy_bench(options));
+    }
     tokio::runtime::Runtime::new()?.block_on(bench())
+}
+
+async fn proxy_bench(options: proxy::Options) -> Result<()> {
+    let rootfs = busybox_rootfs()?;
+    let daemon = Daemon::start(true)?;
+    let client = daemon.client();
+    client.health().await?;
+    import(&client, rootfs.path()).await?;
+    let proxy = daemon
+        .proxy
+        .clone()
+        .context("the daemon announced no proxy")?;
+    let rows = proxy::bench(&client, &proxy, &options).await?;
+    for line in proxy::load_header() {
+        println!("{line}");
+    }
+    for row in rows {
+        println!("{row}");
+    }
+    Ok(())
 }
 
 async fn bench() -> Result<()> {
     let options = parse_args()?;
     let rootfs = busybox_rootfs()?;
-    let daemon = Daemon::start()?;
+    let daemon = Daemon::start(false)?;
     let client = daemon.client();
     client.health().await?;
     import(&client, rootfs.path()).await?;
@@ -302,28 +330,39 @@ struct Daemon {
     _dir: tempfile::TempDir,
     child: Child,
     api: String,
+    proxy: Option<String>,
     token: String,
 }
 
 impl Daemon {
-    fn start() -> Result<Daemon> {
+    /// Starts `hangar serve`; with `proxy`, also its HTTP edge proxy on a free port.
+    fn start(proxy: bool) -> Result<Daemon> {
         let exe = std::env::current_exe()?;
         let bin: PathBuf = exe.with_file_name("hangar");
         let dir = tempfile::Builder::new().prefix("hangar-bench-").tempdir()?;
-        let mut child = Command::new(&bin)
+        let mut command = Command::new(&bin);
+        command
             .args(["serve", "--api-listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir.path())
+            .arg(dir.path());
+        if proxy {
+            command.args(["--proxy-listen", "127.0.0.1:0"]);
+        }
+        let mut child = command
             .env("HANGAR_LOG", "warn")
             .stdout(Stdio::piped())
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
         let mut lines = BufReader::new(child.stdout.take().context("stdout")?).lines();
-        let api = loop {
+        let (mut api, mut proxy_addr) = (None, None);
+        while api.is_none() || (proxy && proxy_addr.is_none()) {
             let line = lines.next().context("hangar serve exited")??;
             if let Some(addr) = line.strip_prefix("api listening on ") {
-                break addr.to_string();
+                api = Some(addr.to_string());
+            } else if let Some(addr) = line.strip_prefix("proxy listening on ") {
+                proxy_addr = Some(addr.to_string());
             }
-        };
+        }
+        let api = api.context("no API address")?;
         std::thread::spawn(move || for _ in lines {});
         let token = std::fs::read_to_string(dir.path().join("root-token"))?
             .trim()
@@ -332,6 +371,7 @@ impl Daemon {
             _dir: dir,
             child,
             api,
+            proxy: proxy_addr,
             token,
         })
     }

@@ -35,7 +35,11 @@ impl Samples {
         self
     }
 
-    fn quantile(&self, q: f64) -> Duration {
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    pub fn quantile(&self, q: f64) -> Duration {
         let mut sorted = self.values.clone();
         sorted.sort();
         if sorted.is_empty() {
@@ -65,6 +69,18 @@ impl Samples {
             fmt(self.quantile(0.5)),
             fmt(self.quantile(0.99)),
             peer_cells
+        )
+    }
+
+    /// `| name | runs | p50 | p99 |`
+    pub fn row4(&self) -> String {
+        let fmt = |d: Duration| format!("{:.2} ms", d.as_secs_f64() * 1e3);
+        format!(
+            "| {} | {} | {} | {} |",
+            self.name,
+            self.values.len(),
+            fmt(self.quantile(0.5)),
+            fmt(self.quantile(0.99))
         )
     }
 }
