@@ -460,7 +460,8 @@ fn attached_loop(image: &Path) -> Option<String> {
         })
 }
 
-fn run(cmd: &mut Command) -> Result<(), SandboxError> {
+/// Runs a host tool (mkfs, resize2fs, losetup), its stderr in the error when it fails.
+pub(super) fn run(cmd: &mut Command) -> Result<(), SandboxError> {
     let program = cmd.get_program().to_string_lossy().into_owned();
     let out = cmd.output().map_err(io_err(format!("running {program}")))?;
     if out.status.success() {

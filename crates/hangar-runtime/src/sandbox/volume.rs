@@ -24,6 +24,7 @@ use std::time::{Duration, Instant};
 use hangar_core::MachineId;
 use hangar_core::driver::{Attachment, VolumeOrigin, VolumeUsage};
 
+use super::storage::run;
 use super::{SandboxDriver, SandboxError};
 
 /// How long an attach waits for the previous user of a volume (a sandbox being torn
@@ -524,20 +525,6 @@ fn attach_loop(backing: &File) -> Result<LoopDevice, SandboxError> {
     Err(SandboxError::Unsupported(
         "no free loop device could be claimed".into(),
     ))
-}
-
-fn run(cmd: &mut Command) -> Result<(), SandboxError> {
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    let out = cmd.output().map_err(io_err(format!("running {program}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(SandboxError::Unsupported(format!(
-            "{program} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
 }
 
 impl SandboxDriver {
