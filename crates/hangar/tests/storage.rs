@@ -6,7 +6,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{busybox, launch, setup, sh};
+use common::{busybox, eventually, launch, setup, sh};
 use hangar_client::Client;
 use hangar_types::{CreateMachineRequest, ForkMachineRequest, MachineExecRequest, StopRequest};
 
@@ -36,6 +36,30 @@ const CHECK: &str = "test \"$(cat /srv/app/keep)\" = one && test \"$(stat -c %a 
     && test \"$(readlink /srv/app/link)\" = keep && test \"$(cat /srv/app/gone)\" = bye \
     && test ! -e /srv/app/new && test ! -e /srv/app/big && test ! -L /srv/app/link2 \
     && test ! -e /bin/yes && test -e /bin/cat && echo ok";
+
+/// What a machine's root holds besides its files, whole after a restore: its own
+/// `/proc` (a handful of processes, not the host's), `/dev`, `/sys`, and no trace of
+/// the restore's own mounts.
+const INTACT: &str = "test \"$(ls -d /proc/[0-9]* | wc -l)\" -lt 10 && echo x > /dev/null \
+    && test -c /dev/urandom && grep -q ' /dev/pts ' /proc/mounts && grep -q ' /sys ' /proc/mounts \
+    && test \"$(grep -c ' / ' /proc/mounts)\" = 1 && ! grep -q hangar-root /proc/mounts \
+    && test ! -e /dev/.hangar-root && echo ok";
+
+/// The machine's mount points and their types.
+const MOUNTS: &str = "cut -d' ' -f2,3 /proc/mounts | sort";
+
+/// Staged, swapped-out and spare layers beside the machines' own.
+fn hidden_layers(layers: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(layers)
+        .map(|entries| {
+            entries
+                .flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .filter(|n| n.starts_with('.'))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn restore_rewinds_a_started_and_a_stopped_machine() {
@@ -91,11 +115,46 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
         "{diff:?}"
     );
 
-    // Started: restarted into the checkpoint.
+    // Started: restarted into the checkpoint, with the same mounts as before.
+    let mounts = sh(&client, APP, &id, MOUNTS).await;
     let restored = client.restore_checkpoint(APP, &id, "base").await.unwrap();
     assert_eq!(restored.id, base.id);
     assert_eq!(state(&client, &id).await, "started");
     assert_eq!(sh(&client, APP, &id, CHECK).await, "ok\n");
+    assert_eq!(sh(&client, APP, &id, INTACT).await, "ok\n");
+    assert_eq!(sh(&client, APP, &id, MOUNTS).await, mounts);
+    let layers = daemon.data_dir().join("machines/layers/machines");
+    eventually(
+        "the swapped-out layer to be deleted",
+        Duration::from_secs(30),
+        || {
+            let layers = layers.clone();
+            async move {
+                !hidden_layers(&layers)
+                    .iter()
+                    .any(|n| n.starts_with(".staged-"))
+            }
+        },
+    )
+    .await;
+    // Rewinding again to the same point uses the spare made meanwhile.
+    let spare = format!(".spare-{id}.{}", base.id);
+    eventually(
+        "a spare of the restored checkpoint",
+        Duration::from_secs(30),
+        || {
+            let (layers, spare) = (layers.clone(), spare.clone());
+            async move { hidden_layers(&layers).contains(&spare) }
+        },
+    )
+    .await;
+    sh(&client, APP, &id, BREAK).await;
+    client.restore_checkpoint(APP, &id, "base").await.unwrap();
+    assert_eq!(sh(&client, APP, &id, CHECK).await, "ok\n");
+    assert!(
+        !hidden_layers(&layers).contains(&spare),
+        "the spare was used"
+    );
     let diff = client
         .diff_checkpoint(APP, &id, &base.id, None)
         .await
@@ -123,6 +182,7 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
     assert_eq!(state(&client, &id).await, "stopped");
     client.start_machine(APP, &id).await.unwrap();
     assert_eq!(sh(&client, APP, &id, CHECK).await, "ok\n");
+    assert_eq!(sh(&client, APP, &id, INTACT).await, "ok\n");
 
     // Two checkpoints compare with each other.
     let diff = client
@@ -159,6 +219,16 @@ async fn restore_rewinds_a_started_and_a_stopped_machine() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), Some("checkpoint_not_found"));
+
+    // Destroyed, the machines leave no layer, checkpoint or spare behind.
+    for m in [&id, &other] {
+        client.destroy_machine(APP, m, true).await.unwrap();
+    }
+    eventually("every layer to be deleted", Duration::from_secs(30), || {
+        let layers = layers.clone();
+        async move { std::fs::read_dir(&layers).is_ok_and(|mut d| d.next().is_none()) }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -33,6 +33,15 @@ fn check_layer(layer: &Path) -> Result<String, SandboxError> {
     Ok(s.to_string())
 }
 
+/// The overlay's lower directories for `spec`, topmost first (overlay's order; OCI
+/// lists the lowest first).
+pub(crate) fn lower_dirs(spec: &SandboxSpec) -> Result<Vec<String>, SandboxError> {
+    spec.layers.iter().rev().map(|l| check_layer(l)).collect()
+}
+
+/// The empty lower directory of a machine whose image has no layers.
+pub(crate) const EMPTY_LOWER: &str = "empty";
+
 impl SandboxDriver {
     /// Builds the sandbox. Idempotent: an existing, live sandbox is left as is; the
     /// remnants of a dead one are cleared first. On failure nothing is left behind.
@@ -52,13 +61,7 @@ impl SandboxDriver {
             }
             self.teardown(id).await?;
         }
-        // Overlay wants the topmost layer first; OCI lists the lowest first.
-        let lower = spec
-            .layers
-            .iter()
-            .rev()
-            .map(|l| check_layer(l))
-            .collect::<Result<Vec<_>, _>>()?;
+        let lower = lower_dirs(spec)?;
         match self.build(spec, lower).await {
             Ok(()) => Ok(()),
             Err(e) => {
@@ -86,9 +89,9 @@ impl SandboxDriver {
         if lower.is_empty() {
             // Overlay needs a lower layer; an image without layers gets an empty one.
             builder
-                .create(dir.join("empty"))
+                .create(dir.join(EMPTY_LOWER))
                 .map_err(SandboxError::io("creating empty/"))?;
-            lower.push(dir.join("empty").to_string_lossy().into_owned());
+            lower.push(dir.join(EMPTY_LOWER).to_string_lossy().into_owned());
         }
         let record = serde_json::json!({
             "machine_id": id,

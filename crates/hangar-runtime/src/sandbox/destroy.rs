@@ -19,6 +19,7 @@ impl SandboxDriver {
         self.stop_watch(id);
         self.teardown(id).await?;
         lock(&self.shared.oom_baseline).remove(id);
+        lock(&self.spares).remove(id);
         self.storage.remove_all(id)
     }
 

@@ -39,6 +39,7 @@ mod driver;
 mod exec;
 mod files;
 mod observe;
+mod reroot;
 mod resources;
 mod rootfs;
 mod seccomp;
@@ -190,6 +191,9 @@ pub struct SandboxDriver {
     locks: Mutex<HashMap<MachineId, Arc<tokio::sync::Mutex<()>>>>,
     /// Each machine's network namespace, with the init pid it was opened through.
     netns: Mutex<HashMap<MachineId, (i32, Arc<std::os::fd::OwnedFd>)>>,
+    /// The latest spare layer each machine asked for (a counter per machine), so a
+    /// burst of checkpoints makes one spare, for the last.
+    spares: Arc<Mutex<HashMap<MachineId, u64>>>,
 }
 
 /// The longest unix socket path the kernel accepts, minus its NUL.
@@ -237,6 +241,7 @@ impl SandboxDriver {
             }),
             watches: Mutex::new(HashMap::new()),
             locks: Mutex::new(HashMap::new()),
+            spares: Arc::default(),
             netns: Mutex::new(HashMap::new()),
         })
     }

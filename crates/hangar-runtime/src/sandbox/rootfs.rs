@@ -5,6 +5,8 @@
 //! Every writable mount the machine can reach is `nodev`: device nodes work only
 //! where this module bind-mounts them, so `CAP_MKNOD` cannot open a host disk.
 
+use std::ffi::CString;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::symlink;
 use std::path::Path;
 
@@ -67,59 +69,7 @@ pub fn mount_overlay(
 /// root. The mount point is made component by component without following
 /// symlinks, so the machine's own files cannot send the mount elsewhere.
 pub fn mount_volume(root: &Path, device: &Path, path: &str) -> Result<(), StepError> {
-    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-    let open_dir = |parent: &OwnedFd, name: &std::ffi::CStr| -> Result<OwnedFd, StepError> {
-        // SAFETY: openat on a directory descriptor we own and a NUL-terminated name.
-        let fd = unsafe {
-            libc::openat(
-                parent.as_raw_fd(),
-                name.as_ptr(),
-                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            )
-        };
-        if fd < 0 {
-            return Err(format!(
-                "volume mount point {path}: {:?} is not a directory: {}",
-                name,
-                std::io::Error::last_os_error()
-            ));
-        }
-        // SAFETY: a fresh descriptor nobody else owns.
-        Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-    };
-    let root_c = std::ffi::CString::new(root.as_os_str().as_encoded_bytes())
-        .map_err(ctx("the root path"))?;
-    // SAFETY: open of a NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            root_c.as_ptr(),
-            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(format!(
-            "opening the root: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
-    // SAFETY: a fresh descriptor.
-    let mut dir = unsafe { OwnedFd::from_raw_fd(fd) };
-    for part in path.split('/').filter(|p| !p.is_empty()) {
-        if part == "." || part == ".." {
-            return Err(format!(
-                "volume mount point {path} must not contain . or .."
-            ));
-        }
-        let name = std::ffi::CString::new(part).map_err(ctx("the mount path"))?;
-        // SAFETY: mkdirat on a descriptor we own; EEXIST is fine.
-        if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) } < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() != Some(libc::EEXIST) {
-                return Err(format!("creating volume mount point {path}: {err}"));
-            }
-        }
-        dir = open_dir(&dir, &name)?;
-    }
+    let dir = open_dir_under(open_path(root)?, path)?;
     let target = format!("/proc/self/fd/{}", dir.as_raw_fd());
     mount(
         Some(device),
@@ -129,6 +79,99 @@ pub fn mount_volume(root: &Path, device: &Path, path: &str) -> Result<(), StepEr
         None::<&str>,
     )
     .map_err(ctx(format!("mounting the volume at {path}")))
+}
+
+/// An `O_PATH` descriptor of the directory `path`.
+pub(crate) fn open_path(path: &Path) -> Result<OwnedFd, StepError> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes()).map_err(ctx("the path"))?;
+    // SAFETY: open of a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(format!(
+            "opening {}: {}",
+            path.display(),
+            std::io::Error::last_os_error()
+        ));
+    }
+    // SAFETY: a fresh descriptor nobody else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Opens the directory `path` under `root`, creating what is missing, one component
+/// at a time and never following a symlink: a machine's own files cannot send a
+/// mount made there anywhere else.
+pub(crate) fn open_dir_under(root: OwnedFd, path: &str) -> Result<OwnedFd, StepError> {
+    let mut dir = root;
+    for part in path.split('/').filter(|p| !p.is_empty()) {
+        if part == "." || part == ".." {
+            return Err(format!("mount point {path} must not contain . or .."));
+        }
+        let name = CString::new(part).map_err(ctx("the mount path"))?;
+        // SAFETY: mkdirat on a descriptor we own; EEXIST is fine.
+        if unsafe { libc::mkdirat(dir.as_raw_fd(), name.as_ptr(), 0o755) } < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.raw_os_error() != Some(libc::EEXIST) {
+                return Err(format!("creating mount point {path}: {err}"));
+            }
+        }
+        // SAFETY: openat on a directory descriptor we own and a NUL-terminated name.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            )
+        };
+        if fd < 0 {
+            return Err(format!(
+                "mount point {path}: {part:?} is not a directory: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        // SAFETY: a fresh descriptor nobody else owns.
+        dir = unsafe { OwnedFd::from_raw_fd(fd) };
+    }
+    Ok(dir)
+}
+
+/// Opens the regular file `path` under `root` as a mount point, the way
+/// [`bind_resolv_conf`] treats `/etc/resolv.conf`: a symlink or a missing file is
+/// replaced by an empty file, a directory is an error, and nothing is followed.
+pub(crate) fn open_file_under(root: OwnedFd, path: &str) -> Result<OwnedFd, StepError> {
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let dir = open_dir_under(root, parent)?;
+    let name = CString::new(name).map_err(ctx("the mount path"))?;
+    let open = |flags: libc::c_int| {
+        // SAFETY: openat on a directory descriptor we own and a NUL-terminated name.
+        let fd = unsafe { libc::openat(dir.as_raw_fd(), name.as_ptr(), flags, 0o644) };
+        // SAFETY: a fresh descriptor nobody else owns.
+        (fd >= 0).then(|| unsafe { OwnedFd::from_raw_fd(fd) })
+    };
+    if let Some(fd) = open(libc::O_PATH | libc::O_NOFOLLOW | libc::O_CLOEXEC) {
+        let meta = std::fs::File::from(fd.try_clone().map_err(ctx(path.to_string()))?)
+            .metadata()
+            .map_err(ctx(format!("inspecting {path}")))?;
+        if meta.is_file() {
+            return Ok(fd);
+        }
+        if meta.is_dir() {
+            return Err(format!("/{path} in the machine is a directory"));
+        }
+        // SAFETY: unlinkat of a name in a directory we own.
+        if unsafe { libc::unlinkat(dir.as_raw_fd(), name.as_ptr(), 0) } < 0 {
+            return Err(format!(
+                "replacing the /{path} link: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+    }
+    open(libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_WRONLY | libc::O_CLOEXEC)
+        .ok_or_else(|| format!("creating /{path}: {}", std::io::Error::last_os_error()))
 }
 
 fn mkdir_p(path: &Path) -> Result<(), StepError> {
@@ -265,29 +308,29 @@ pub fn enter(root: &Path) -> Result<(), StepError> {
 /// point the mount at the host. A symlink or missing file is replaced by an empty
 /// file in the writable layer; the image's layers are not touched.
 pub fn bind_resolv_conf(root: &Path, source: &Path) -> Result<(), StepError> {
-    let etc = root.join("etc");
-    match std::fs::symlink_metadata(&etc) {
-        Ok(m) if m.is_dir() => {}
-        Ok(_) => return Err("/etc in the image is not a directory".into()),
-        Err(_) => mkdir_p(&etc)?,
-    }
-    let target = etc.join("resolv.conf");
-    match std::fs::symlink_metadata(&target) {
-        Ok(m) if m.is_file() => {}
-        Ok(m) if m.is_dir() => return Err("/etc/resolv.conf in the image is a directory".into()),
-        Ok(_) => {
-            std::fs::remove_file(&target).map_err(ctx("replacing the /etc/resolv.conf link"))?;
-            std::fs::File::create(&target).map_err(ctx("creating /etc/resolv.conf"))?;
-        }
-        Err(_) => {
-            std::fs::File::create(&target).map_err(ctx("creating /etc/resolv.conf"))?;
-        }
-    }
-    bind(
-        source,
-        &target,
-        MsFlags::MS_RDONLY | MsFlags::MS_NOSUID | MsFlags::MS_NODEV | MsFlags::MS_NOEXEC,
+    let target = open_file_under(open_path(root)?, "etc/resolv.conf")?;
+    mount(
+        Some(source),
+        format!("/proc/self/fd/{}", target.as_raw_fd()).as_str(),
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
     )
+    .map_err(ctx("bind-mounting /etc/resolv.conf"))?;
+    // The descriptor names the file under the mount; the path reaches the mount.
+    mount(
+        None::<&str>,
+        &root.join("etc/resolv.conf"),
+        None::<&str>,
+        MsFlags::MS_BIND
+            | MsFlags::MS_REMOUNT
+            | MsFlags::MS_RDONLY
+            | MsFlags::MS_NOSUID
+            | MsFlags::MS_NODEV
+            | MsFlags::MS_NOEXEC,
+        None::<&str>,
+    )
+    .map_err(ctx("making /etc/resolv.conf read-only"))
 }
 
 /// Brings the loopback interface of the machine's network namespace up.

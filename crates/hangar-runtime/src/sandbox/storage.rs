@@ -53,6 +53,26 @@ pub(crate) struct Storage {
     btrfs: bool,
 }
 
+/// Names of staged layers in `layers/machines/`: hidden, and no machine id.
+const STAGED_PREFIX: &str = ".staged-";
+/// Names of spare layers: `.spare-<machine-id>.<checkpoint-id>`.
+const SPARE_PREFIX: &str = ".spare-";
+
+/// A layer beside the machines' own: a restore's new layer before the swap, its
+/// old one after.
+#[derive(Debug)]
+pub(crate) struct Staged(PathBuf);
+
+impl Staged {
+    pub fn upper(&self) -> PathBuf {
+        self.0.join("upper")
+    }
+
+    pub fn work(&self) -> PathBuf {
+        self.0.join("work")
+    }
+}
+
 fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SandboxError {
     SandboxError::io(context)
 }
@@ -86,6 +106,17 @@ impl Storage {
         for sub in ["machines", "checkpoints"] {
             std::fs::create_dir_all(root.join(sub))
                 .map_err(io_err(format!("creating layers/{sub}")))?;
+        }
+        // Staged layers a restore left behind when the daemon stopped mid-way, and
+        // spares (made again when next needed).
+        if let Ok(entries) = std::fs::read_dir(root.join("machines")) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with('.')
+                    && let Err(e) = remove_tree(&entry.path())
+                {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "removing a staged layer");
+                }
+            }
         }
         Ok(Storage { root, btrfs })
     }
@@ -161,6 +192,14 @@ impl Storage {
     /// Deletes the layer and every checkpoint of the machine.
     pub fn remove_all(&self, id: &MachineId) -> Result<(), SandboxError> {
         self.remove_layer(id)?;
+        let spares = format!("{SPARE_PREFIX}{id}.");
+        if let Ok(entries) = std::fs::read_dir(self.root.join("machines")) {
+            for entry in entries.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&spares) {
+                    remove_tree(&entry.path())?;
+                }
+            }
+        }
         let dir = self.checkpoints(id);
         if let Ok(entries) = std::fs::read_dir(&dir) {
             for entry in entries.flatten() {
@@ -222,12 +261,22 @@ impl Storage {
     }
 
     pub fn remove_checkpoint(&self, id: &MachineId, checkpoint: &str) -> Result<(), SandboxError> {
-        remove_tree(&self.checkpoint_path(id, checkpoint)?)
+        remove_tree(&self.checkpoint_path(id, checkpoint)?)?;
+        remove_tree(&self.spare_path(id, checkpoint)?)
     }
 
     /// Replaces the machine's layer with a writable snapshot of one of its
     /// checkpoints, atomically: the old layer is swapped out, then deleted.
     pub fn restore(&self, id: &MachineId, checkpoint: &str) -> Result<(), SandboxError> {
+        let staged = self.stage(id, checkpoint)?;
+        self.swap(id, &staged)?;
+        self.discard(&staged)
+    }
+
+    /// A writable snapshot of one of the machine's checkpoints, beside its layer and
+    /// not in use yet. Each has a name of its own, so an old one can still be in
+    /// the middle of its deletion.
+    pub fn stage(&self, id: &MachineId, checkpoint: &str) -> Result<Staged, SandboxError> {
         self.require_btrfs()?;
         let source = self.checkpoint_path(id, checkpoint)?;
         if !source.exists() {
@@ -235,17 +284,71 @@ impl Storage {
                 "machine {id} has no checkpoint {checkpoint}"
             )));
         }
-        let layer = self.layer(id);
-        let staged = self.root.join("machines").join(format!(".{id}.restore"));
-        remove_tree(&staged)?;
+        let staged = self.staged_path(id);
+        if std::fs::rename(self.spare_path(id, checkpoint)?, &staged).is_ok() {
+            return Ok(Staged(staged));
+        }
         btrfs::snapshot(&source, &staged, false)
             .map_err(io_err(format!("snapshotting checkpoint {checkpoint}")))?;
-        if layer.exists() {
-            exchange(&staged, &layer).map_err(io_err("swapping in the restored layer"))?;
-            remove_tree(&staged)
-        } else {
-            std::fs::rename(&staged, &layer).map_err(io_err("moving in the restored layer"))
+        Ok(Staged(staged))
+    }
+
+    fn staged_path(&self, id: &MachineId) -> PathBuf {
+        let nonce = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos());
+        self.root
+            .join("machines")
+            .join(format!("{STAGED_PREFIX}{id}.{nonce}"))
+    }
+
+    /// Where a machine keeps its spare of `checkpoint`: a writable snapshot made
+    /// ahead of time, so that the next restore to (or fork of) that checkpoint is a
+    /// rename instead of a snapshot and the transaction commit it waits for.
+    fn spare_path(&self, id: &MachineId, checkpoint: &str) -> Result<PathBuf, SandboxError> {
+        check_name(checkpoint)?;
+        Ok(self
+            .root
+            .join("machines")
+            .join(format!("{SPARE_PREFIX}{id}.{checkpoint}")))
+    }
+
+    /// Makes the spare of `checkpoint` if there is none. Off every request's path: a
+    /// restore or fork that finds no spare snapshots for itself.
+    pub fn prepare_spare(&self, id: &MachineId, checkpoint: &str) -> Result<(), SandboxError> {
+        let spare = self.spare_path(id, checkpoint)?;
+        if spare.exists() || !self.has_checkpoint(id, checkpoint) {
+            return Ok(());
         }
+        let staged = self.staged_path(id);
+        btrfs::snapshot(&self.checkpoint_path(id, checkpoint)?, &staged, false)
+            .map_err(io_err(format!("snapshotting checkpoint {checkpoint}")))?;
+        let staged = Staged(staged);
+        if let Err(e) = std::fs::rename(&staged.0, &spare) {
+            self.discard(&staged)?;
+            return Err(io_err("naming a spare layer")(e));
+        }
+        // Deleted while the spare was made: it would spare nothing.
+        if !self.has_checkpoint(id, checkpoint) {
+            remove_tree(&spare)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `staged` the machine's layer; `staged` then holds the old one (if
+    /// there was one), for [`Storage::discard`].
+    pub fn swap(&self, id: &MachineId, staged: &Staged) -> Result<(), SandboxError> {
+        let layer = self.layer(id);
+        if layer.exists() {
+            exchange(&staged.0, &layer).map_err(io_err("swapping in the restored layer"))
+        } else {
+            std::fs::rename(&staged.0, &layer).map_err(io_err("moving in the restored layer"))
+        }
+    }
+
+    /// Deletes a staged (or swapped-out) layer.
+    pub fn discard(&self, staged: &Staged) -> Result<(), SandboxError> {
+        remove_tree(&staged.0)
     }
 
     /// Gives `target` a writable snapshot of `source`'s checkpoint as its layer.
@@ -267,6 +370,9 @@ impl Storage {
             return Err(SandboxError::InvalidSpec(format!(
                 "machine {target} already has a writable layer"
             )));
+        }
+        if std::fs::rename(self.spare_path(source, checkpoint)?, &layer).is_ok() {
+            return Ok(());
         }
         btrfs::snapshot(&from, &layer, false)
             .map_err(io_err(format!("snapshotting checkpoint {checkpoint}")))
