@@ -321,7 +321,10 @@ async fn import(client: &Client, rootfs: &Path) -> Result<()> {
 fn with_own_binary(root: &Path) -> Result<()> {
     let exe = std::env::current_exe()?;
     std::fs::copy(&exe, root.join("bin/hangar-bench"))?;
-    let ldd = Command::new("ldd").arg(&exe).output().context("running ldd")?;
+    let ldd = Command::new("ldd")
+        .arg(&exe)
+        .output()
+        .context("running ldd")?;
     for line in String::from_utf8_lossy(&ldd.stdout).lines() {
         // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or the loader's
         // `/lib64/ld-linux-x86-64.so.2 (0x...)`.
@@ -339,7 +342,8 @@ fn with_own_binary(root: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Raises this process' soft limit on open files to its hard limit and returns it.
+/// Raises this process' limit on open files to at least 65536 when allowed (root
+/// may raise the hard limit), else the soft limit to the hard one; returns it.
 pub fn raise_open_files_limit() -> u64 {
     let mut limit = libc::rlimit {
         rlim_cur: 0,
@@ -350,10 +354,16 @@ pub fn raise_open_files_limit() -> u64 {
         if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
             return 0;
         }
-        limit.rlim_cur = limit.rlim_max;
-        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
-            libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+        let wanted = limit.rlim_max.max(65536);
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: wanted,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
         }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
     }
     limit.rlim_cur
 }

@@ -215,9 +215,7 @@ async fn sse_idle(proxy: SocketAddr, host: &str, pid: u32, count: usize) -> Resu
         .to_string();
     tokio::time::sleep(Duration::from_secs(2)).await;
     let before = rss_kib(pid)?;
-    let request = format!(
-        "GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n"
-    );
+    let request = format!("GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
     let began = Instant::now();
     let mut streams = Vec::with_capacity(count);
     // A few hundred at a time, so the listen backlog never overflows.
@@ -340,12 +338,7 @@ async fn load(
     })
 }
 
-async fn worker(
-    addr: SocketAddr,
-    host: &str,
-    path: &str,
-    n: usize,
-) -> Result<(Vec<u64>, u64)> {
+async fn worker(addr: SocketAddr, host: &str, path: &str, n: usize) -> Result<(Vec<u64>, u64)> {
     let mut nanos = Vec::with_capacity(n);
     let mut connects = 0;
     let mut conn: Option<SendRequest<Empty<Bytes>>> = None;

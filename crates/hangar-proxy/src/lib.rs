@@ -171,7 +171,10 @@ impl Proxy {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(err) => {
+                        // Out of file descriptors, most likely: give connections
+                        // time to close instead of spinning on the same error.
                         tracing::warn!(%err, "proxy accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },

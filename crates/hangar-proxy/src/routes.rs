@@ -24,8 +24,11 @@ pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
 /// How often idle upstream connections are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
+/// An app's machines and when they were read.
+type Kept = (Arc<Vec<Machine>>, Instant);
+
 pub(crate) struct Routes {
-    apps: Mutex<HashMap<String, (Arc<Vec<Machine>>, Instant)>>,
+    apps: Mutex<HashMap<String, Kept>>,
     /// Bumped by every change applied, so a list read from the store while one
     /// arrived is not kept.
     generation: AtomicU64,
