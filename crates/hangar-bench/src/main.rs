@@ -5,12 +5,14 @@
 //! It starts its own `hangar serve` (the binary next to this one) in a temporary data
 //! dir, and removes every machine and container it made.
 //!
-//! `hangar-bench proxy [--requests N] [--conns N] [--wake-runs N]` measures the edge
-//! proxy instead (see `proxy.rs`).
+//! `hangar-bench proxy [--requests N] [--conns N] [--wake-runs N] [--sse-idle N]`
+//! measures the edge proxy instead (see `proxy.rs`); `hangar-bench upstream PORT` is
+//! the server it runs inside its machine (see `upstream.rs`).
 
 mod crun;
 mod proxy;
 mod stats;
+mod upstream;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -53,6 +55,9 @@ fn main() -> Result<()> {
         let runs = args.get(3).context("crun-peer ROOTFS RUNS")?.parse()?;
         return crun::peer_main(&rootfs, runs);
     }
+    if args.get(1).map(String::as_str) == Some("upstream") {
+        return upstream::main(args.get(2).context("upstream PORT")?);
+    }
     if args.get(1).map(String::as_str) == Some("proxy") {
         let options = proxy::parse(args.into_iter().skip(2))?;
         return tokio::runtime::Runtime::new()?.block_on(proxy_bench(options));
@@ -62,6 +67,10 @@ fn main() -> Result<()> {
 
 async fn proxy_bench(options: proxy::Options) -> Result<()> {
     let rootfs = busybox_rootfs()?;
+    with_own_binary(rootfs.path())?;
+    // The daemon inherits the limit; ten thousand streams need twice as many files.
+    let limit = raise_open_files_limit();
+    eprintln!("open files limit (bench and daemon): {limit}");
     let daemon = Daemon::start(true)?;
     let client = daemon.client();
     client.health().await?;
@@ -70,7 +79,7 @@ async fn proxy_bench(options: proxy::Options) -> Result<()> {
         .proxy
         .clone()
         .context("the daemon announced no proxy")?;
-    let rows = proxy::bench(&client, &proxy, &options).await?;
+    let rows = proxy::bench(&client, &proxy, daemon.child.id(), &options).await?;
     for line in proxy::load_header() {
         println!("{line}");
     }
@@ -305,6 +314,58 @@ async fn import(client: &Client, rootfs: &Path) -> Result<()> {
     let stream = futures::stream::iter([Ok::<_, std::io::Error>(bytes::Bytes::from(archive))]);
     client.import_image("busybox:latest", stream).await?;
     Ok(())
+}
+
+/// Copies this executable and the shared libraries it loads into `root`, so a machine
+/// can run `hangar-bench upstream`.
+fn with_own_binary(root: &Path) -> Result<()> {
+    let exe = std::env::current_exe()?;
+    std::fs::copy(&exe, root.join("bin/hangar-bench"))?;
+    let ldd = Command::new("ldd")
+        .arg(&exe)
+        .output()
+        .context("running ldd")?;
+    for line in String::from_utf8_lossy(&ldd.stdout).lines() {
+        // `libc.so.6 => /lib/x86_64-linux-gnu/libc.so.6 (0x...)` or the loader's
+        // `/lib64/ld-linux-x86-64.so.2 (0x...)`.
+        let path = line
+            .split("=>")
+            .last()
+            .and_then(|p| p.split_whitespace().next())
+            .filter(|p| p.starts_with('/'));
+        if let Some(path) = path {
+            let to = root.join(path.trim_start_matches('/'));
+            std::fs::create_dir_all(to.parent().context("library path")?)?;
+            std::fs::copy(path, &to).with_context(|| format!("copying {path}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Raises this process' limit on open files to at least 65536 when allowed (root
+/// may raise the hard limit), else the soft limit to the hard one; returns it.
+pub fn raise_open_files_limit() -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: plain syscalls on a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        let wanted = limit.rlim_max.max(65536);
+        let raised = libc::rlimit {
+            rlim_cur: wanted,
+            rlim_max: wanted,
+        };
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) != 0 {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+        libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit);
+    }
+    limit.rlim_cur
 }
 
 fn busybox_rootfs() -> Result<tempfile::TempDir> {

@@ -1,8 +1,12 @@
-//! `hangar-bench proxy`: the edge proxy in front of a real machine. A busybox `httpd`
-//! inside the machine serves a small static file; the same server is loaded once
-//! through the proxy (`Host: <app>.hangar.localhost`) and once directly on the
-//! machine's private IPv4 address, with the same in-process HTTP/1.1 load generator.
-//! Then a stopped machine is woken by one request and timed to its first response byte.
+//! `hangar-bench proxy`: the edge proxy in front of a real machine. `hangar-bench
+//! upstream` inside the machine (this binary, copied into the image) answers a small
+//! body, keeping the connection open (`/`) or closing it after each answer (`/close`,
+//! as busybox `httpd` does); the same server is loaded once through the proxy
+//! (`Host: <app>.hangar.localhost`) and once directly on the machine's private IPv4
+//! address, with the same in-process HTTP/1.1 load generator. `--sse-idle N` then
+//! holds N server-sent event streams open through the proxy and reports the daemon's
+//! memory per stream. Last, a stopped machine is woken by one request and timed to its
+//! first response byte.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,13 +24,15 @@ use tokio::net::TcpStream;
 
 use crate::stats::Samples;
 
+use crate::upstream::{BODY, SSE_EVENT};
+
 const APP: &str = "pbench";
-const BODY: &str = "hello from a machine behind the hangar proxy\n";
 
 pub struct Options {
     pub requests: usize,
     pub conns: usize,
     pub wake_runs: usize,
+    pub sse_idle: usize,
 }
 
 pub fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
@@ -34,6 +40,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
         requests: 100_000,
         conns: 64,
         wake_runs: 30,
+        sse_idle: 0,
     };
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -42,21 +49,24 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
             "--requests" => options.requests = value()?,
             "--conns" => options.conns = value()?,
             "--wake-runs" => options.wake_runs = value()?,
-            other => bail!("unknown argument {other}; use --requests N, --conns N, --wake-runs N"),
+            "--sse-idle" => options.sse_idle = value()?,
+            other => bail!(
+                "unknown argument {other}; use --requests N, --conns N, --wake-runs N, --sse-idle N"
+            ),
         }
     }
     Ok(options)
 }
 
 fn web_request() -> CreateMachineRequest {
-    let script = format!(
-        "mkdir -p /www && printf '{}' > /www/index.html && exec httpd -f -p 8080 -h /www",
-        BODY.replace('\n', "\\n")
-    );
     let mut config = MachineConfig {
         image: "busybox:latest".into(),
         init: Some(MachineInit {
-            exec: Some(vec!["sh".into(), "-c".into(), script]),
+            exec: Some(vec![
+                "/bin/hangar-bench".into(),
+                "upstream".into(),
+                "8080".into(),
+            ]),
             ..Default::default()
         }),
         ..Default::default()
@@ -89,14 +99,24 @@ impl Load {
     }
 }
 
-pub async fn bench(client: &Client, proxy: &str, options: &Options) -> Result<Vec<String>> {
+pub async fn bench(
+    client: &Client,
+    proxy: &str,
+    daemon_pid: u32,
+    options: &Options,
+) -> Result<Vec<String>> {
     client.create_app(APP, None).await?;
-    let result = run(client, proxy, options).await;
+    let result = run(client, proxy, daemon_pid, options).await;
     let _ = client.delete_app(APP).await;
     result
 }
 
-async fn run(client: &Client, proxy: &str, options: &Options) -> Result<Vec<String>> {
+async fn run(
+    client: &Client,
+    proxy: &str,
+    daemon_pid: u32,
+    options: &Options,
+) -> Result<Vec<String>> {
     let proxy: SocketAddr = proxy.parse()?;
     let host = format!("{APP}.hangar.localhost");
     let m = client.create_machine(APP, &web_request()).await?;
@@ -104,7 +124,7 @@ async fn run(client: &Client, proxy: &str, options: &Options) -> Result<Vec<Stri
         client.wait(APP, &m.id, "started", 30).await?;
         wait_ok(proxy, &host)
             .await
-            .context("httpd through the proxy")?;
+            .context("the upstream server through the proxy")?;
         let m = client.get_machine(APP, &m.id).await?;
         let mut rows = Vec::new();
 
@@ -121,35 +141,115 @@ async fn run(client: &Client, proxy: &str, options: &Options) -> Result<Vec<Stri
             }
             None => None,
         };
-        // Warm both paths, then alternate so drift on the shared host hits both.
-        let warm = (options.requests / 10).max(options.conns);
-        if let Some((addr, h)) = &direct {
-            load(*addr, h, options.conns, warm).await?;
-        }
-        load(proxy, &host, options.conns, warm).await?;
-        let mut through = Vec::new();
-        let mut straight = Vec::new();
-        for _ in 0..2 {
+        // Keep-alive at the asked-for connections and at one (no queueing, so the
+        // proxy's own latency shows), then a server that closes after each answer.
+        let cases = [
+            ("keep-alive", "/", options.conns),
+            ("keep-alive", "/", 1),
+            ("close", "/close", options.conns),
+        ];
+        for (what, path, conns) in cases {
+            let requests = if conns == 1 {
+                options.requests / 4
+            } else {
+                options.requests
+            };
+            // Warm both paths, then alternate so drift on the shared host hits both.
+            let warm = (requests / 10).max(conns);
             if let Some((addr, h)) = &direct {
-                straight.push(load(*addr, h, options.conns, options.requests).await?);
+                load(*addr, h, path, conns, warm).await?;
             }
-            through.push(load(proxy, &host, options.conns, options.requests).await?);
-        }
-        for (i, p) in through.iter().enumerate() {
-            let d = straight.get(i);
-            rows.push(load_row(&format!("round {}", i + 1), options.conns, p, d));
+            load(proxy, &host, path, conns, warm).await?;
+            let mut through = Vec::new();
+            let mut straight = Vec::new();
+            for _ in 0..2 {
+                if let Some((addr, h)) = &direct {
+                    straight.push(load(*addr, h, path, conns, requests).await?);
+                }
+                through.push(load(proxy, &host, path, conns, requests).await?);
+            }
+            for (i, p) in through.iter().enumerate() {
+                let d = straight.get(i);
+                rows.push(load_row(&format!("{what}, round {}", i + 1), conns, p, d));
+            }
         }
 
+        let mut extra = Vec::new();
+        if options.sse_idle > 0 {
+            extra.push(sse_idle(proxy, &host, daemon_pid, options.sse_idle).await?);
+        }
         let wake = wake(client, &m.id, proxy, &host, options.wake_runs).await?;
         rows.push(String::new());
         rows.push("| what | runs | p50 | p99 |".into());
         rows.push("|---|---|---|---|".into());
         rows.push(wake.row4());
+        rows.extend(extra);
         Ok::<_, anyhow::Error>(rows)
     }
     .await;
     let _ = client.destroy_machine(APP, &m.id, true).await;
     result
+}
+
+/// A process' resident set size in KiB, from `/proc/PID/status`.
+fn rss_kib(pid: u32) -> Result<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .context("VmRSS missing")
+}
+
+/// Opens `count` event streams through the proxy, waits until each has its first
+/// event, and reports how much the daemon's resident memory grew per stream.
+async fn sse_idle(proxy: SocketAddr, host: &str, pid: u32, count: usize) -> Result<String> {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits"))?;
+    let files = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .nth(3)
+        .unwrap_or("?")
+        .to_string();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let before = rss_kib(pid)?;
+    let request = format!("GET /sse HTTP/1.1\r\nHost: {host}\r\nAccept: text/event-stream\r\n\r\n");
+    let began = Instant::now();
+    let mut streams = Vec::with_capacity(count);
+    // A few hundred at a time, so the listen backlog never overflows.
+    let mut opening = tokio::task::JoinSet::new();
+    let mut next = 0;
+    while streams.len() < count {
+        while next < count && opening.len() < 256 {
+            let request = request.clone();
+            opening.spawn(async move {
+                let mut stream = TcpStream::connect(proxy).await?;
+                stream.write_all(request.as_bytes()).await?;
+                let mut got = Vec::new();
+                let mut chunk = [0u8; 512];
+                while !String::from_utf8_lossy(&got).contains(SSE_EVENT) {
+                    let n = stream.read(&mut chunk).await?;
+                    anyhow::ensure!(n > 0, "stream ended: {}", String::from_utf8_lossy(&got));
+                    got.extend_from_slice(&chunk[..n]);
+                }
+                Ok::<_, anyhow::Error>(stream)
+            });
+            next += 1;
+        }
+        let opened = opening.join_next().await.context("no stream task")???;
+        streams.push(opened);
+    }
+    let opened_in = began.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let after = rss_kib(pid)?;
+    let per = after.saturating_sub(before) as f64 / count as f64;
+    drop(streams);
+    Ok(format!(
+        "| {count} idle SSE streams through the proxy (daemon open files limit {files}, opened in {:.1} s) | 1 | daemon RSS {before} KiB before, {after} KiB after: **{per:.1} KiB per stream** | |",
+        opened_in.as_secs_f64()
+    ))
 }
 
 fn load_row(round: &str, conns: usize, p: &Load, d: Option<&Load>) -> String {
@@ -192,7 +292,7 @@ pub fn load_header() -> [&'static str; 2] {
 async fn wait_ok(addr: SocketAddr, host: &str) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let err = match load(addr, host, 1, 1).await {
+        let err = match load(addr, host, "/", 1, 1).await {
             Ok(_) => return Ok(()),
             Err(e) => e,
         };
@@ -207,14 +307,22 @@ async fn wait_ok(addr: SocketAddr, host: &str) -> Result<()> {
 /// next request when the previous answer is read. A server that closes the
 /// connection after an answer (busybox httpd does) gets a new one, and that connect
 /// counts in the request's latency, as it would for any client.
-async fn load(addr: SocketAddr, host: &str, conns: usize, total: usize) -> Result<Load> {
+async fn load(
+    addr: SocketAddr,
+    host: &str,
+    path: &'static str,
+    conns: usize,
+    total: usize,
+) -> Result<Load> {
     let host: Arc<str> = host.into();
     let began = Instant::now();
     let mut tasks = Vec::with_capacity(conns);
     for i in 0..conns {
         let n = total / conns + usize::from(i < total % conns);
         let host = host.clone();
-        tasks.push(tokio::spawn(async move { worker(addr, &host, n).await }));
+        tasks.push(tokio::spawn(
+            async move { worker(addr, &host, path, n).await },
+        ));
     }
     let mut nanos = Vec::with_capacity(total);
     let mut connects = 0;
@@ -230,7 +338,7 @@ async fn load(addr: SocketAddr, host: &str, conns: usize, total: usize) -> Resul
     })
 }
 
-async fn worker(addr: SocketAddr, host: &str, n: usize) -> Result<(Vec<u64>, u64)> {
+async fn worker(addr: SocketAddr, host: &str, path: &str, n: usize) -> Result<(Vec<u64>, u64)> {
     let mut nanos = Vec::with_capacity(n);
     let mut connects = 0;
     let mut conn: Option<SendRequest<Empty<Bytes>>> = None;
@@ -249,7 +357,7 @@ async fn worker(addr: SocketAddr, host: &str, n: usize) -> Result<(Vec<u64>, u64
                     connect(addr).await?
                 }
             };
-            let req = hyper::Request::get("/index.html")
+            let req = hyper::Request::get(path)
                 .header(hyper::header::HOST, host)
                 .body(Empty::new())?;
             match sender.send_request(req).await {
@@ -290,7 +398,7 @@ async fn wake(
     let mut ttfb = Samples::new(
         "wake-on-request: stopped machine, one GET through the proxy, time to first byte",
     );
-    let request = format!("GET /index.html HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
+    let request = format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
     for _ in 0..runs {
         let stop = StopRequest {
             signal: Some("SIGKILL".into()),

@@ -16,6 +16,7 @@ use hyper_util::rt::TokioIo;
 
 use crate::Proxy;
 use crate::failure::ProxyError;
+use crate::pool::{Key, Returning, Sender, keeps_alive};
 use crate::route::{Candidate, InFlight, Target, parse_host};
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -206,7 +207,7 @@ impl Proxy {
         for hop in 0..=MAX_REPLAYS {
             let candidate = self.choose(&target, &steer, public_port).await?;
             let id = candidate.id().to_string();
-            let stream = self.connect_ready(&candidate).await?;
+            let upstream = self.upstream(&candidate, upgrade).await?;
 
             let mut up = Request::builder()
                 .method(parts.method.clone())
@@ -260,26 +261,8 @@ impl Proxy {
                 proxy: self.clone(),
                 id: id.clone(),
             };
-            let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-                .await
-                .map_err(|e| ProxyError::Upstream {
-                    machine: id.clone(),
-                    why: e.to_string(),
-                })?;
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-            let mut resp =
-                match tokio::time::timeout(UPSTREAM_TIMEOUT, sender.send_request(up)).await {
-                    Err(_) => return Err(ProxyError::UpstreamTimeout(id)),
-                    Ok(Err(e)) => {
-                        return Err(ProxyError::Upstream {
-                            machine: id,
-                            why: e.to_string(),
-                        });
-                    }
-                    Ok(Ok(resp)) => resp,
-                };
+            let (mut resp, sender) = self.exchange(&candidate, upstream, up).await?;
+            let reusable = !upgrade && keeps_alive(resp.version(), resp.headers());
 
             if let Some(value) = header_str(resp.headers(), "fly-replay")
                 && hop < MAX_REPLAYS
@@ -336,12 +319,14 @@ impl Proxy {
                 HeaderValue::from_str(request_id).expect("hex"),
             );
             // The guard lives as long as the body stream: a long SSE stream counts
-            // as load until it ends.
-            let body = incoming
-                .map_err(move |e| {
-                    let _ = &guard;
-                    Box::new(e) as BoxError
-                })
+            // as load until it ends. The connection is reused once the body ended.
+            let key = Key {
+                machine: id,
+                port: candidate.service.internal_port,
+            };
+            let home = reusable.then(|| (self.pool.clone(), key, sender));
+            let body = Returning::new(incoming, home, Some(guard))
+                .map_err(|e| Box::new(e) as BoxError)
                 .boxed();
             return Ok(Response::from_parts(rp, body));
         }
@@ -356,7 +341,14 @@ impl Proxy {
         steer: &Steer,
         public_port: u16,
     ) -> Result<Candidate, ProxyError> {
-        let candidates = self.candidates(target, public_port).await?;
+        let mut candidates = self.candidates(target, public_port).await?;
+        if let Some(id) = &steer.force
+            && !candidates.iter().any(|c| c.id() == id)
+        {
+            // The kept list may predate a machine created without starting.
+            self.routes.forget_app(&target.app);
+            candidates = self.candidates(target, public_port).await?;
+        }
         if let Some(id) = &steer.force {
             let c = candidates
                 .iter()
@@ -388,6 +380,78 @@ impl Proxy {
         };
         self.wake(c).await?;
         Ok(c.clone())
+    }
+
+    /// A connection to the candidate's port: an idle kept one when there is one (not
+    /// for upgrades, which always get their own), else a new one. `true` with a kept
+    /// connection.
+    async fn upstream(&self, c: &Candidate, upgrade: bool) -> Result<(Sender, bool), ProxyError> {
+        if !upgrade {
+            let key = Key {
+                machine: c.id().to_string(),
+                port: c.service.internal_port,
+            };
+            // One still finishing an earlier exchange (a request body the machine
+            // answered before reading) is left to finish and not waited for.
+            while let Some(sender) = self.pool.take(&key) {
+                if sender.is_ready() {
+                    return Ok((sender, true));
+                }
+            }
+        }
+        Ok((self.dial(c, upgrade).await?, false))
+    }
+
+    /// A new HTTP/1.1 connection to the candidate's port, waiting for it to accept.
+    async fn dial(&self, c: &Candidate, upgrade: bool) -> Result<Sender, ProxyError> {
+        let stream = self.connect_ready(c).await?;
+        let (sender, conn) = hyper::client::conn::http1::Builder::new()
+            .handshake(TokioIo::new(stream))
+            .await
+            .map_err(|e| ProxyError::Upstream {
+                machine: c.id().to_string(),
+                why: e.to_string(),
+            })?;
+        if upgrade {
+            tokio::spawn(async move {
+                let _ = conn.with_upgrades().await;
+            });
+        } else {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+        }
+        Ok(sender)
+    }
+
+    /// Sends `up` and waits for the response head. A kept connection that turns out
+    /// closed before the request was written sends it once more on a new one.
+    async fn exchange(
+        &self,
+        c: &Candidate,
+        (mut sender, kept): (Sender, bool),
+        up: Request<Body>,
+    ) -> Result<(Response<Incoming>, Sender), ProxyError> {
+        let id = c.id();
+        let upstream_error = |e: hyper::Error| ProxyError::Upstream {
+            machine: id.to_string(),
+            why: e.to_string(),
+        };
+        let up = match tokio::time::timeout(UPSTREAM_TIMEOUT, sender.try_send_request(up)).await {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(id.to_string())),
+            Ok(Ok(resp)) => return Ok((resp, sender)),
+            Ok(Err(mut e)) => match e.take_message() {
+                // Nothing was sent: the machine had closed it while it was idle.
+                Some(up) if kept => up,
+                _ => return Err(upstream_error(e.into_error())),
+            },
+        };
+        let mut sender = self.dial(c, false).await?;
+        match tokio::time::timeout(UPSTREAM_TIMEOUT, sender.send_request(up)).await {
+            Err(_) => Err(ProxyError::UpstreamTimeout(id.to_string())),
+            Ok(Err(e)) => Err(upstream_error(e)),
+            Ok(Ok(resp)) => Ok((resp, sender)),
+        }
     }
 
     /// Dials the machine's port until it accepts, waiting on its state and retrying

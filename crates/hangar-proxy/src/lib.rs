@@ -7,7 +7,9 @@
 
 mod failure;
 mod forward;
+mod pool;
 mod route;
+mod routes;
 pub mod tls;
 
 use std::collections::HashMap;
@@ -62,17 +64,26 @@ pub struct Proxy {
     /// `Mcp-Session-Id` → the machine that created the session, per app: a cache of
     /// what the store keeps. Entries of destroyed machines only lead to a 503.
     sessions: Mutex<HashMap<(String, String), String>>,
+    /// Idle upstream connections, per machine port.
+    pub(crate) pool: Arc<pool::Pool>,
+    /// Each app's machines, kept between requests.
+    pub(crate) routes: routes::Routes,
 }
 
 impl Proxy {
     pub fn new(service: Arc<Service>, options: ProxyOptions) -> Arc<Self> {
-        Arc::new(Proxy {
+        let routes = routes::Routes::new(service.subscribe());
+        let proxy = Arc::new(Proxy {
             service,
             options,
             load: Mutex::new(HashMap::new()),
             turn: Default::default(),
             sessions: Mutex::new(HashMap::new()),
-        })
+            pool: Default::default(),
+            routes,
+        });
+        routes::spawn_watcher(&proxy);
+        proxy
     }
 
     /// The machine holding MCP session `session`, from the cache or else the store
@@ -160,7 +171,10 @@ impl Proxy {
                 accepted = listener.accept() => match accepted {
                     Ok(a) => a,
                     Err(err) => {
+                        // Out of file descriptors, most likely: give connections
+                        // time to close instead of spinning on the same error.
                         tracing::warn!(%err, "proxy accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
                 },

@@ -88,19 +88,18 @@ impl Proxy {
         public_port: u16,
     ) -> Result<Vec<Candidate>, ProxyError> {
         let machines = self
-            .service
-            .list_machines(&target.app, false)
+            .machines(&target.app)
             .await
             .map_err(|_| ProxyError::UnknownApp(target.app.clone()))?;
         let exist = !machines.is_empty();
         let found: Vec<Candidate> = machines
-            .into_iter()
+            .iter()
             .filter(|m| m.state != "destroyed" && m.state != "destroying")
             .filter(|m| target.machine.as_deref().is_none_or(|id| id == m.id))
             .filter_map(|m| {
-                service_for(&m, public_port).map(|service| Candidate {
+                service_for(m, public_port).map(|service| Candidate {
                     app: target.app.clone(),
-                    machine: m,
+                    machine: m.clone(),
                     service,
                 })
             })
