@@ -133,6 +133,50 @@ async fn a_volume_keeps_its_files_across_stop_start_and_machines() {
         "later\n"
     );
 
+    // The files API reaches into the volume, started and stopped, and lists its
+    // paths as the machine sees them.
+    let file = client.read_file(APP, &id, "/data/later").await.unwrap();
+    assert_eq!(file.contents, b"later\n");
+    client
+        .write_file(
+            APP,
+            &id,
+            "/data/sub/api",
+            b"from the api\n".to_vec(),
+            &hangar_client::WriteFileOptions {
+                parents: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        sh(&client, APP, &id, "cat /data/sub/api").await,
+        "from the api\n"
+    );
+    client
+        .stop_machine(APP, &id, &StopRequest::default())
+        .await
+        .unwrap();
+    client.wait(APP, &id, "stopped", 30).await.unwrap();
+    let entries = client.list_files(APP, &id, "/data/sub").await.unwrap();
+    let paths: Vec<&str> = entries.iter().map(|e| e.path.as_str()).collect();
+    assert_eq!(paths, ["/data/sub/api"]);
+    client
+        .remove_file(APP, &id, "/data/sub/api", false)
+        .await
+        .unwrap();
+    let err = client
+        .read_file(APP, &id, "/data/sub/api")
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Some("file_not_found"), "{err}");
+    let err = client
+        .remove_file(APP, &id, "/data", true)
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("mount point"), "{err}");
+
     client.destroy_machine(APP, &id, true).await.unwrap();
     let dir = daemon.data_dir().to_path_buf();
     let vol_id = vol.id.clone();

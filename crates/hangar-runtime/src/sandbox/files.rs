@@ -8,8 +8,11 @@
 //! planted by the machine resolve inside it and never reach a host file. Changes are
 //! made with `*at` calls on the resolved parent's fd and the final name, never by
 //! resolving a string path on the host again. `/proc`, `/sys`, `/dev` and any other
-//! mount inside the machine (volumes included) are out of reach: `RESOLVE_NO_XDEV`
-//! refuses to cross into them.
+//! mount inside the machine are out of reach: `RESOLVE_NO_XDEV` refuses to cross
+//! into them. Volumes are the exception: a path under a volume's mount point is
+//! resolved from the volume's own root, opened inside the machine's root and checked
+//! to be the root of an ext4 file system (the only kind a machine gets mounted), so
+//! a link planted on the way cannot swap in `/proc` or `/dev`.
 //!
 //! This module must not touch anything outside the machine's root.
 
@@ -37,6 +40,11 @@ struct OpenHow {
     resolve: u64,
 }
 
+/// `statfs.f_type` of ext4, the file system of every volume.
+const EXT4_SUPER_MAGIC: libc::c_long = 0xEF53;
+/// The inode number of an ext4 file system's root directory.
+const EXT4_ROOT_INO: libc::ino_t = 2;
+
 /// Top-level trees of the machine the files API refuses outright.
 const FORBIDDEN: [&str; 3] = ["proc", "sys", "dev"];
 
@@ -45,7 +53,10 @@ const FORBIDDEN: [&str; 3] = ["proc", "sys", "dev"];
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct GuestPath {
     given: String,
+    /// Components below the root the path is resolved from.
     parts: Vec<String>,
+    /// Components from the machine's root to that root: a volume's mount point.
+    base: Vec<String>,
 }
 
 impl GuestPath {
@@ -78,7 +89,26 @@ impl GuestPath {
         Ok(GuestPath {
             given: path.to_string(),
             parts,
+            base: Vec::new(),
         })
+    }
+
+    /// The same path, resolved from the root of a volume mounted at `mount` when it
+    /// is under it (the longest such mount).
+    fn under_volume(self, mounts: &[Vec<String>]) -> (Option<Vec<String>>, GuestPath) {
+        let Some(mount) = mounts
+            .iter()
+            .filter(|m| !m.is_empty() && self.parts.starts_with(m))
+            .max_by_key(|m| m.len())
+        else {
+            return (None, self);
+        };
+        let path = GuestPath {
+            given: self.given,
+            parts: self.parts[mount.len()..].to_vec(),
+            base: mount.clone(),
+        };
+        (Some(mount.clone()), path)
     }
 
     /// The path relative to the machine's root, `.` for the root itself.
@@ -91,7 +121,13 @@ impl GuestPath {
     }
 
     fn absolute(&self) -> String {
-        format!("/{}", self.parts.join("/"))
+        let all: Vec<&str> = self
+            .base
+            .iter()
+            .chain(&self.parts)
+            .map(String::as_str)
+            .collect();
+        format!("/{}", all.join("/"))
     }
 
     fn err(&self, e: io::Error) -> DriverError {
@@ -114,7 +150,7 @@ impl GuestPath {
             }
             _ => match e.raw_os_error() {
                 Some(libc::EXDEV) | Some(libc::EBUSY) => {
-                    "crosses into another mount (/proc, /sys, /dev or a volume), which the files API does not reach; use exec"
+                    "crosses into another mount (/proc, /sys or /dev), which the files API does not reach; use exec"
                 }
                 Some(libc::ELOOP) => "runs through too many symlinks or a /proc magic link",
                 _ => "is too long",
@@ -146,11 +182,20 @@ fn check(ret: libc::c_int) -> io::Result<()> {
 
 /// Resolves `path` inside the root `root` (see the module docs).
 fn openat2(root: &OwnedFd, path: &str, flags: libc::c_int) -> io::Result<OwnedFd> {
+    openat2_how(root, path, flags, RESOLVE)
+}
+
+fn openat2_how(
+    root: &OwnedFd,
+    path: &str,
+    flags: libc::c_int,
+    resolve: u64,
+) -> io::Result<OwnedFd> {
     let c = cstr(path)?;
     let how = OpenHow {
         flags: (flags | libc::O_CLOEXEC) as u64,
         mode: 0,
-        resolve: RESOLVE,
+        resolve,
     };
     let mut tries = 0;
     loop {
@@ -304,6 +349,25 @@ impl GuestRoot {
         })
     }
 
+    /// The root of the volume mounted at `mount` (components below this root).
+    fn volume(&self, mount: &[String]) -> io::Result<GuestRoot> {
+        // Crossing mounts is the point; magic links and `..` above the root stay out.
+        let fd = openat2_how(
+            &self.fd,
+            &GuestPath::relative(mount),
+            libc::O_PATH | libc::O_DIRECTORY,
+            RESOLVE_IN_ROOT | RESOLVE_NO_MAGICLINKS,
+        )?;
+        let st = fstat(&fd)?;
+        // SAFETY: fstatfs into a zeroed struct on a descriptor we own.
+        let mut fs: libc::statfs = unsafe { std::mem::zeroed() };
+        check(unsafe { libc::fstatfs(fd.as_raw_fd(), &mut fs) })?;
+        if fs.f_type != EXT4_SUPER_MAGIC || st.st_ino != EXT4_ROOT_INO {
+            return Err(io::Error::from_raw_os_error(libc::EXDEV));
+        }
+        Ok(GuestRoot { fd })
+    }
+
     fn resolve(&self, parts: &[String], flags: libc::c_int) -> io::Result<OwnedFd> {
         openat2(&self.fd, &GuestPath::relative(parts), flags)
     }
@@ -318,7 +382,11 @@ impl GuestRoot {
             return Err(path_error(
                 PathErrorKind::Invalid,
                 &path.given,
-                "is the machine's root directory",
+                if path.base.is_empty() {
+                    "is the machine's root directory"
+                } else {
+                    "is a volume's mount point"
+                },
             ));
         };
         let dir = if create {
@@ -558,6 +626,22 @@ fn remove_contents(dir: &OwnedFd, dev: libc::dev_t) -> io::Result<()> {
     Ok(())
 }
 
+/// The machine's volume mount points (as components), from its recorded spec.
+fn volume_mounts(spec: &std::path::Path) -> Vec<Vec<String>> {
+    let Ok(text) = std::fs::read(spec) else {
+        return Vec::new();
+    };
+    let spec: serde_json::Value = serde_json::from_slice(&text).unwrap_or_default();
+    spec["mounts"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|m| m["path"].as_str())
+        .filter_map(|p| GuestPath::parse(p).ok())
+        .map(|p| p.parts)
+        .collect()
+}
+
 impl SandboxDriver {
     /// Runs `op` on the machine's root on a blocking thread.
     pub(crate) async fn with_root<T: Send + 'static>(
@@ -571,6 +655,7 @@ impl SandboxDriver {
             .init_pid(id)
             .ok_or_else(|| DriverError::NotFound(id.clone()))?;
         let start = super::proc_start_time(pid);
+        let spec = self.machine_dir(id).join("spec.json");
         let id = id.clone();
         tokio::task::spawn_blocking(move || {
             let root = GuestRoot::open(pid)
@@ -580,7 +665,13 @@ impl SandboxDriver {
             if start.is_none() || super::proc_start_time(pid) != start {
                 return Err(DriverError::NotFound(id));
             }
-            op(&root, &path)
+            match path.under_volume(&volume_mounts(&spec)) {
+                (None, path) => op(&root, &path),
+                (Some(mount), path) => {
+                    let volume = root.volume(&mount).map_err(|e| path.err(e))?;
+                    op(&volume, &path)
+                }
+            }
         })
         .await
         .map_err(|e| DriverError::Other(format!("files task failed: {e}")))?
