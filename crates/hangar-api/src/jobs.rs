@@ -1,17 +1,19 @@
-//! Background job routes: start a command, read its output from a cursor, signal or
-//! cancel it.
+//! Background job routes: start a command, read its output from a cursor, send it
+//! input, signal or cancel it.
 
 use std::time::Duration;
 
 use axum::Json;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use hangar_core::service::JobRequest;
+use hangar_core::service::{JobRequest, MAX_JOB_STDIN};
 use hangar_types::*;
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::error::ApiResult;
+use crate::error::{ApiError, ApiResult};
 use crate::extract::{Body, Query};
 
 /// Longest `wait` a poll may ask for, kept below common client timeouts.
@@ -93,6 +95,47 @@ pub async fn signal(
     Ok(Json(
         s.service
             .signal_job(&app, &id, &job, &req.signal_text())
+            .await?,
+    ))
+}
+
+#[derive(Deserialize)]
+pub struct StdinQuery {
+    /// Close the job's stdin after the body.
+    #[serde(default)]
+    eof: bool,
+}
+
+#[utoipa::path(post, path = "/v1/apps/{app}/machines/{id}/jobs/{job}/stdin", tag = "Jobs",
+    description = "Writes the raw body to the stdin of a running job started with `stdin_open: true`; `eof=true` closes its stdin afterwards (the body may be empty). Answers with the job, without output.",
+    params(("eof" = Option<bool>, Query, description = "close stdin after the body")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 200, body = Job), (status = 404, body = ErrorResponse),
+              (status = 409, body = ErrorResponse), (status = 413, body = ErrorResponse)))]
+pub async fn stdin(
+    State(s): State<AppState>,
+    Path((app, id, job)): Path<(String, String, String)>,
+    Query(q): Query<StdinQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<Job>> {
+    let data = body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            ApiError::new(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "a job takes at most {MAX_JOB_STDIN} bytes of stdin per request: send it in pieces"
+                ),
+            )
+        } else {
+            ApiError::new(
+                ErrorCode::BadRequest,
+                format!("the request body could not be read: {rejection}"),
+            )
+        }
+    })?;
+    Ok(Json(
+        s.service
+            .send_job_stdin(&app, &id, &job, &data, q.eof)
             .await?,
     ))
 }

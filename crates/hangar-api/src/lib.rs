@@ -125,6 +125,10 @@ pub fn router(state: AppState) -> Router {
             post(jobs::signal),
         )
         .route(
+            &format!("{machine}/jobs/{{job}}/stdin"),
+            post(jobs::stdin).layer(DefaultBodyLimit::max(hangar_core::service::MAX_JOB_STDIN)),
+        )
+        .route(
             &format!("{machine}/metadata/{{key}}"),
             post(machines::set_metadata).delete(machines::delete_metadata),
         )

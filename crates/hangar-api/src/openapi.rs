@@ -25,7 +25,7 @@ use crate::{checkpoints, files, images, jobs, machines, network, volumes};
         volumes::list, volumes::create, volumes::get, volumes::update, volumes::delete,
         volumes::extend, volumes::list_snapshots, volumes::create_snapshot,
         network::get_egress, network::set_egress,
-        jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::signal,
+        jobs::create, jobs::list, jobs::get, jobs::cancel, jobs::signal, jobs::stdin,
     ),
     components(schemas(MachineMount)),
     modifiers(&BearerAuth),

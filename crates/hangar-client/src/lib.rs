@@ -623,6 +623,27 @@ impl Client {
         self.call(Method::POST, &path, Some(&body)).await
     }
 
+    /// Sends `data` to the stdin of a running job started with `stdin_open`; `eof`
+    /// closes its stdin afterwards.
+    pub async fn send_job_stdin(
+        &self,
+        app: &str,
+        id: &str,
+        job: &str,
+        data: impl Into<Bytes>,
+        eof: bool,
+    ) -> Result<Job> {
+        let path = format!(
+            "/v1/apps/{app}/machines/{id}/jobs/{}/stdin?eof={eof}",
+            encode_segment(job)
+        );
+        let req = self
+            .request(Method::POST, &path)
+            .header("content-type", "application/octet-stream")
+            .body(data.into());
+        self.json(req).await
+    }
+
     // Images.
 
     pub async fn list_images(&self) -> Result<Vec<ImageSummary>> {

@@ -131,6 +131,9 @@ pub struct ExecSpec {
     pub cwd: String,
     pub user: String,
     pub stdin: Vec<u8>,
+    /// Keep stdin open after `stdin` for [`Driver::write_exec_stdin`] (needs an `id`);
+    /// otherwise the command reads end of file after `stdin`.
+    pub keep_stdin: bool,
     /// The command is killed (SIGKILL, with its process group) after this long.
     pub timeout: Duration,
 }
@@ -260,6 +263,9 @@ pub enum DriverError {
     NotRunning(MachineId),
     #[error("machine {0} is already running a process")]
     AlreadyRunning(MachineId),
+    /// Try again shortly (a command has not read the input it was sent yet).
+    #[error("{0}")]
+    Busy(String),
     #[error("command not runnable: {0}")]
     InvalidCommand(String),
     #[error("the host does not support this: {0}")]
@@ -335,6 +341,23 @@ pub trait Driver: Send + Sync + 'static {
         let _ = (id, exec_id, signal);
         Err(DriverError::Unsupported(format!(
             "the {} driver cannot signal a running command",
+            self.name()
+        )))
+    }
+
+    /// Writes `data` to the stdin of the running [`ExecSpec`] named `exec_id`, which
+    /// was started with `keep_stdin`; `eof` closes its stdin once `data` is written.
+    /// [`DriverError::NotRunning`] when no such command runs or its stdin is closed.
+    async fn write_exec_stdin(
+        &self,
+        id: &MachineId,
+        exec_id: &str,
+        data: &[u8],
+        eof: bool,
+    ) -> Result<(), DriverError> {
+        let _ = (id, exec_id, data, eof);
+        Err(DriverError::Unsupported(format!(
+            "the {} driver cannot send input to a running command",
             self.name()
         )))
     }

@@ -50,6 +50,7 @@ impl Error {
             Error::Driver(DriverError::NotRunning(_)) => ErrorCode::InvalidState,
             Error::Driver(DriverError::InvalidCommand(_)) => ErrorCode::BadRequest,
             Error::Driver(DriverError::Unsupported(_)) => ErrorCode::Unsupported,
+            Error::Driver(DriverError::Busy(_)) => ErrorCode::Unavailable,
             Error::Driver(DriverError::Path { kind, .. }) => match kind {
                 PathErrorKind::NotFound => ErrorCode::FileNotFound,
                 PathErrorKind::NotADirectory => ErrorCode::NotADirectory,
@@ -93,6 +94,7 @@ impl Error {
             Error::Driver(DriverError::Unsupported(why)) => {
                 format!("this host cannot do that: {why}")
             }
+            Error::Driver(DriverError::Busy(why)) => format!("{why}; try again shortly"),
             Error::Driver(DriverError::Path { path, why, .. }) => {
                 format!("{path:?} inside the machine {why}")
             }

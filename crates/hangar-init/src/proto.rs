@@ -15,6 +15,10 @@ pub const MAX_EXEC_OUTPUT: usize = 16 << 20;
 /// Longest request line init accepts (base64 of files and stdin included).
 pub const MAX_REQUEST: usize = 96 << 20;
 
+/// Most stdin bytes init holds for one `exec` that its command has not read yet;
+/// a [`Request::ExecStdin`] past this is refused with [`ErrorKind::Busy`].
+pub const MAX_STDIN_PENDING: usize = 8 << 20;
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum Request {
@@ -30,6 +34,16 @@ pub enum Request {
     Exec(ExecRequest),
     /// Sends a signal to the process group of the running `exec` with this id.
     Kill { id: String, signal: i32 },
+    /// Writes `data` to the stdin of the running `exec` with this id, which was
+    /// started with [`ExecRequest::keep_stdin`]; `eof` closes it once `data` is
+    /// written. Answered with [`Response::Ok`] once init holds the data.
+    ExecStdin {
+        id: String,
+        #[serde(default, with = "base64")]
+        data: Vec<u8>,
+        #[serde(default)]
+        eof: bool,
+    },
     /// Lists the machine's processes.
     Ps,
     /// Turns the connection into a stream of [`Event`]s.
@@ -98,6 +112,10 @@ pub struct ExecRequest {
     pub user: String,
     #[serde(default, with = "base64")]
     pub stdin: Vec<u8>,
+    /// Keep stdin open once `stdin` is written, for [`Request::ExecStdin`]; without
+    /// it the command reads end of file after `stdin`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub keep_stdin: bool,
     /// The command's process group is killed after this long; 0 means no limit.
     #[serde(default)]
     pub timeout_ms: u64,
@@ -153,6 +171,8 @@ pub enum ErrorKind {
     InvalidCommand,
     NotRunning,
     AlreadyRunning,
+    /// Init holds too much unread input for the command; try again once it read some.
+    Busy,
     /// Something init itself needed failed.
     Internal,
 }
@@ -347,6 +367,16 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(kill, "{\"op\":\"kill\",\"id\":\"job_1\",\"signal\":15}\n");
+        let stdin = String::from_utf8(encode_line(&Request::ExecStdin {
+            id: "job_1".into(),
+            data: b"hi".to_vec(),
+            eof: true,
+        }))
+        .unwrap();
+        assert_eq!(
+            stdin,
+            "{\"op\":\"exec_stdin\",\"id\":\"job_1\",\"data\":\"aGk=\",\"eof\":true}\n"
+        );
         let ev = String::from_utf8(encode_line(&Event::Exited(ExitInfo {
             code: 137,
             signal: Some(9),

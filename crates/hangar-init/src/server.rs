@@ -69,12 +69,43 @@ struct Pending {
     buf: Vec<u8>,
 }
 
+/// The write end of an `exec`'s stdin and what is still to be written to it.
+struct StdinPipe {
+    fd: RawFd,
+    pending: Vec<u8>,
+    /// How much of `pending` was written.
+    off: usize,
+    /// More may come ([`Request::ExecStdin`]); closed once `pending` is written if not.
+    keep_open: bool,
+}
+
+impl StdinPipe {
+    fn unwritten(&self) -> usize {
+        self.pending.len() - self.off
+    }
+
+    /// Writes what it can without blocking. `false` once the pipe is done with:
+    /// everything written and no more to come, or the command closed its end.
+    fn pump(&mut self) -> bool {
+        while self.off < self.pending.len() {
+            match sys::write(self.fd, &self.pending[self.off..]) {
+                Ok(n) => self.off += n,
+                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+        self.pending.clear();
+        self.off = 0;
+        self.keep_open
+    }
+}
+
 struct ExecSession {
     id: String,
     stream: bool,
     conn: RawFd,
     pid: libc::pid_t,
-    stdin: Option<(RawFd, Vec<u8>, usize)>,
+    stdin: Option<StdinPipe>,
     outputs: [Option<RawFd>; 2],
     collected: [Vec<u8>; 2],
     truncated: [bool; 2],
@@ -215,8 +246,10 @@ impl Init {
                 for fd in e.outputs.iter().flatten() {
                     add(*fd, libc::POLLIN, Source::ExecOut(*fd));
                 }
-                if let Some((fd, _, _)) = &e.stdin {
-                    add(*fd, libc::POLLOUT, Source::ExecIn(*fd));
+                // An open stdin with nothing to write is not polled: it would
+                // always be writable.
+                if let Some(pipe) = e.stdin.as_ref().filter(|p| p.unwritten() > 0) {
+                    add(pipe.fd, libc::POLLOUT, Source::ExecIn(pipe.fd));
                 }
                 add(e.conn, libc::POLLIN, Source::ExecConn(e.conn));
             }
@@ -518,6 +551,10 @@ impl Init {
                 let resp = self.kill_exec(&id, signal);
                 reply(fd, &resp);
             }
+            Request::ExecStdin { id, data, eof } => {
+                let resp = self.exec_stdin(&id, data, eof);
+                reply(fd, &resp);
+            }
             Request::Ps => reply(
                 fd,
                 &Response::Ps {
@@ -656,6 +693,53 @@ impl Init {
         }
     }
 
+    /// Queues input for a running exec's stdin and writes what the pipe takes now.
+    fn exec_stdin(&mut self, id: &str, data: Vec<u8>, eof: bool) -> Response {
+        let Some(e) = self
+            .execs
+            .iter_mut()
+            .find(|e| !id.is_empty() && e.id == id && e.exit.is_none())
+        else {
+            return Response::error(
+                ErrorKind::NotRunning,
+                format!("no running exec is named {id:?}"),
+            );
+        };
+        let Some(pipe) = e.stdin.as_mut() else {
+            return Response::error(
+                ErrorKind::NotRunning,
+                format!("the stdin of exec {id:?} is closed"),
+            );
+        };
+        if pipe.unwritten() + data.len() > proto::MAX_STDIN_PENDING {
+            return Response::error(
+                ErrorKind::Busy,
+                format!(
+                    "exec {id:?} has {} bytes of stdin it has not read yet; send more once it reads",
+                    pipe.unwritten()
+                ),
+            );
+        }
+        pipe.pending.drain(..pipe.off);
+        pipe.off = 0;
+        pipe.pending.extend_from_slice(&data);
+        if eof {
+            pipe.keep_open = false;
+        }
+        if !pipe.pump() {
+            let unread = pipe.unwritten();
+            sys::close(pipe.fd);
+            e.stdin = None;
+            if unread > 0 {
+                return Response::error(
+                    ErrorKind::NotRunning,
+                    format!("exec {id:?} closed its stdin; {unread} bytes were not read"),
+                );
+            }
+        }
+        Response::Ok
+    }
+
     fn exec(&mut self, conn: RawFd, req: ExecRequest) {
         if !req.id.is_empty() && self.execs.iter().any(|e| e.id == req.id) {
             reply(
@@ -710,11 +794,18 @@ impl Init {
         for fd in [in_w, out_r, err_r] {
             let _ = sys::set_nonblocking(fd, true);
         }
-        let stdin = if req.stdin.is_empty() {
+        // Only a named exec can be sent more input later.
+        let keep_open = req.keep_stdin && !req.id.is_empty();
+        let stdin = if req.stdin.is_empty() && !keep_open {
             sys::close(in_w);
             None
         } else {
-            Some((in_w, req.stdin, 0))
+            Some(StdinPipe {
+                fd: in_w,
+                pending: req.stdin,
+                off: 0,
+                keep_open,
+            })
         };
         self.execs.push(ExecSession {
             id: req.id,
@@ -781,27 +872,16 @@ impl Init {
         let Some(e) = self
             .execs
             .iter_mut()
-            .find(|e| e.stdin.as_ref().is_some_and(|s| s.0 == fd))
+            .find(|e| e.stdin.as_ref().is_some_and(|p| p.fd == fd))
         else {
             return;
         };
-        let Some((_, data, off)) = &mut e.stdin else {
-            return;
-        };
-        loop {
-            match sys::write(fd, &data[*off..]) {
-                Ok(n) => {
-                    *off += n;
-                    if *off >= data.len() {
-                        break;
-                    }
-                }
-                Err(err) if err.kind() == io::ErrorKind::WouldBlock => return,
-                Err(_) => break,
-            }
+        if let Some(pipe) = e.stdin.as_mut()
+            && !pipe.pump()
+        {
+            sys::close(fd);
+            e.stdin = None;
         }
-        sys::close(fd);
-        e.stdin = None;
     }
 
     /// Replies to every `exec` that is complete.
@@ -817,8 +897,8 @@ impl Init {
             for fd in e.outputs.into_iter().flatten() {
                 sys::close(fd);
             }
-            if let Some((fd, _, _)) = e.stdin {
-                sys::close(fd);
+            if let Some(pipe) = e.stdin {
+                sys::close(pipe.fd);
             }
             let [stdout, stderr] = e.collected;
             let big = stdout.len() + stderr.len() > 1 << 20;

@@ -207,6 +207,102 @@ fn exec_collects_output_and_honours_timeouts() {
     );
 }
 
+/// Reads protocol lines until one that is not output, collecting stdout on the way.
+fn read_reply(reader: &mut BufReader<UnixStream>, stdout: &mut Vec<u8>) -> Response {
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        match serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}")) {
+            Response::Output {
+                stderr: false,
+                data,
+            } => stdout.extend_from_slice(&data),
+            Response::Output { .. } => {}
+            other => return other,
+        }
+    }
+}
+
+#[test]
+fn a_named_exec_takes_stdin_while_it_runs_until_eof() {
+    let init = Init::spawn();
+    let mut conn = UnixStream::connect(&init.socket).unwrap();
+    let req = Request::Exec(ExecRequest {
+        id: "job_in".into(),
+        argv: strings(&["sh", "-c", "read line; echo got:$line; cat"]),
+        stdin: b"first\n".to_vec(),
+        keep_stdin: true,
+        stream: true,
+        ..ExecRequest::default()
+    });
+    conn.write_all(&hangar_init::proto::encode_line(&req))
+        .unwrap();
+    let mut reader = BufReader::new(conn);
+    // The first line came with the request; the command answers it and keeps reading.
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    let Response::Output { data, .. } = serde_json::from_str(&line).unwrap() else {
+        panic!("{line}")
+    };
+    assert_eq!(data, b"got:first\n");
+
+    let send = |data: &[u8], eof: bool| {
+        init.call(&Request::ExecStdin {
+            id: "job_in".into(),
+            data: data.to_vec(),
+            eof,
+        })
+    };
+    assert_eq!(send(b"more\n", false), Response::Ok);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(
+        line.contains(&hangar_init::proto::base64::encode(b"more\n")),
+        "{line}"
+    );
+    assert_eq!(send(b"last\n", true), Response::Ok);
+    let mut stdout = Vec::new();
+    let Response::Exec(out) = read_reply(&mut reader, &mut stdout) else {
+        panic!()
+    };
+    assert_eq!(out.exit.code, 0, "cat ends at end of file");
+    assert_eq!(out.stdout, b"got:first\nmore\nlast\n");
+    // The exec is gone: more input is refused.
+    assert!(matches!(
+        send(b"late", false),
+        Response::Error {
+            kind: ErrorKind::NotRunning,
+            ..
+        }
+    ));
+
+    // An exec not asked to keep stdin open reads end of file and takes no more.
+    let mut conn = UnixStream::connect(&init.socket).unwrap();
+    let req = Request::Exec(ExecRequest {
+        id: "job_plain".into(),
+        argv: strings(&["sh", "-c", "cat; echo ready; sleep 1000"]),
+        stream: true,
+        ..ExecRequest::default()
+    });
+    conn.write_all(&hangar_init::proto::encode_line(&req))
+        .unwrap();
+    let mut reader = BufReader::new(conn);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert!(line.contains("\"output\""), "{line}");
+    let refused = init.call(&Request::ExecStdin {
+        id: "job_plain".into(),
+        data: b"x".to_vec(),
+        eof: false,
+    });
+    assert!(
+        matches!(&refused, Response::Error { kind: ErrorKind::NotRunning, message } if message.contains("closed")),
+        "{refused:?}"
+    );
+    // Dropping the connection kills the exec.
+    drop(reader);
+}
+
 #[test]
 fn garbage_gets_an_error_not_a_crash() {
     let init = Init::spawn();

@@ -6,6 +6,8 @@
 //! the token of `HANGAR_TOKEN`; over streamable HTTP ([`http`]) the bearer token the
 //! MCP client presented, sent on to the daemon's own API.
 
+#[cfg(test)]
+mod bad_input;
 pub mod http;
 pub mod output;
 pub mod tools;
@@ -30,9 +32,14 @@ pub const GUIDE: &str = "\
 - Take a checkpoint before a risky step (checkpoint action=create); if it goes
   wrong, restore it (action=restore) instead of starting over. Fork to try an
   alternative next to the original.
+- Machines: machine_list shows them all, or one with machine=NAME.
 - Commands: exec waits up to 30 s. Anything longer: exec with background=true,
   then job_poll with the cursor it returns (wait_secs waits for the end), and
-  job_cancel when you no longer need it. A non-zero exit code is data.
+  job_control action=cancel when you no longer need it. A non-zero exit code is
+  data.
+- Interactive programs: exec with stdin_open=true, then job_control action=stdin
+  with the text (end lines with \\n; eof=true closes stdin), and job_poll for
+  what it printed.
 - Output is capped: the head and tail are kept; poll the job with a cursor for
   the rest.
 - Errors carry a code and say what to do next; retryable=true means try again.

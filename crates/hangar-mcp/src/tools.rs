@@ -152,14 +152,7 @@ impl Ctx {
             .into_iter()
             .find(|m| m.name == machine || m.id == machine)
             .map(|m| m.id)
-            .ok_or_else(|| {
-                ToolError::new(
-                    "machine_not_found",
-                    format!(
-                        "no machine named {machine:?} in app {app:?}; call machine_list to see its machines or machine_run to create one"
-                    ),
-                )
-            })
+            .ok_or_else(|| no_machine(app, machine))
     }
 
     async fn ensure_app(&self, app: &str) -> Result<(), ToolError> {
@@ -175,6 +168,15 @@ impl Ctx {
             Err(e) => Err(e.into()),
         }
     }
+}
+
+fn no_machine(app: &str, machine: &str) -> ToolError {
+    ToolError::new(
+        "machine_not_found",
+        format!(
+            "no machine named {machine:?} in app {app:?}; call machine_list to see its machines or machine_run to create one"
+        ),
+    )
 }
 
 // Arguments.
@@ -203,10 +205,10 @@ pub struct AppArgs {
 
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct MachineArgs {
+pub struct MachineListArgs {
     pub app: Option<String>,
-    /// Machine name or id.
-    pub machine: String,
+    /// Only this machine (name or id): its current state.
+    pub machine: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
@@ -244,6 +246,10 @@ pub struct ExecArgs {
     pub command: Vec<String>,
     /// Text given to the command's standard input.
     pub stdin: Option<String>,
+    /// Keep stdin open (after `stdin`) to send more with job_control action=stdin;
+    /// the job is returned at once, as with background.
+    #[serde(default)]
+    pub stdin_open: bool,
     /// Seconds before the command is killed (default 3600).
     pub timeout_secs: Option<u64>,
     /// Return a job handle at once instead of waiting.
@@ -273,15 +279,33 @@ pub struct JobArgs {
     pub max_output_bytes: Option<usize>,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum JobAction {
+    /// Send `stdin` text to the job (started with stdin_open); `eof: true` closes it.
+    Stdin,
+    /// Send `signal`; the job keeps running until it reacts.
+    Signal,
+    /// Kill the job's processes (or forget a finished job).
+    Cancel,
+}
+
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
-pub struct JobCancelArgs {
+pub struct JobControlArgs {
     pub app: Option<String>,
     /// Machine name or id.
     pub machine: String,
+    /// The job id from exec.
     pub job: String,
-    /// Send this signal (`SIGTERM`, `SIGINT`, `15`) instead of cancelling: the job
-    /// keeps running until it reacts; poll it with job_poll.
+    pub action: JobAction,
+    /// With `stdin`: the text to send (add the newline a line-reading program waits for).
+    pub stdin: Option<String>,
+    /// With `stdin`: close the job's stdin after the text, so a program reading to
+    /// the end (`cat`, `sort`) finishes.
+    #[serde(default)]
+    pub eof: bool,
+    /// With `signal`: `SIGTERM`, `SIGINT`, `15`, ...
     pub signal: Option<String>,
 }
 
@@ -406,6 +430,66 @@ pub struct NoArgs {}
 pub struct AppNameArgs {
     pub app: String,
     /// Must be true to delete an app.
+    #[serde(default)]
+    pub confirm: bool,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeCreateArgs {
+    pub app: Option<String>,
+    /// 1 to 30 lowercase letters, digits and `_`; machines mount it by this name.
+    pub name: String,
+    /// Size in GB (default 1); volumes can grow later, never shrink.
+    pub size_gb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeArgs {
+    pub app: Option<String>,
+    /// Volume name or id.
+    pub volume: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotAction {
+    Create,
+    List,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeSnapshotArgs {
+    pub app: Option<String>,
+    /// Volume name or id.
+    pub volume: String,
+    /// `create` a snapshot of the volume as it is now, or `list` its snapshots.
+    pub action: SnapshotAction,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeForkArgs {
+    pub app: Option<String>,
+    /// The new volume's name.
+    pub name: String,
+    /// Copy this volume (name or id) as it is now.
+    pub volume: Option<String>,
+    /// Or start from this snapshot id (`vs_...`, from volume_snapshot).
+    pub snapshot: Option<String>,
+    /// Size in GB; the source's size when absent, never less.
+    pub size_gb: Option<u64>,
+}
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VolumeDestroyArgs {
+    pub app: Option<String>,
+    /// Volume name or id.
+    pub volume: String,
+    /// Must be true: the volume's data and snapshots are deleted for good.
     #[serde(default)]
     pub confirm: bool,
 }
@@ -591,6 +675,65 @@ pub struct OkOut {
     pub name: String,
 }
 
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VolumeOut {
+    pub id: String,
+    pub name: String,
+    /// `created`, or `destroyed` after volume_destroy.
+    pub state: String,
+    pub size_gb: u64,
+    /// The machine that mounts it (through `config.mounts`), if any.
+    pub attached_machine_id: Option<String>,
+    pub created_at: String,
+}
+
+impl From<Volume> for VolumeOut {
+    fn from(v: Volume) -> Self {
+        VolumeOut {
+            id: v.id,
+            name: v.name,
+            state: v.state,
+            size_gb: v.size_gb,
+            attached_machine_id: v.attached_machine_id,
+            created_at: v.created_at,
+        }
+    }
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VolumeListOut {
+    pub app: String,
+    pub volumes: Vec<VolumeOut>,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct SnapshotItem {
+    /// Pass to volume_fork as `snapshot`.
+    pub id: String,
+    pub size: u64,
+    pub created_at: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct VolumeSnapshotOut {
+    pub action: String,
+    pub volume_id: String,
+    /// The snapshot taken (create).
+    pub snapshot: Option<SnapshotItem>,
+    /// The volume's snapshots (list).
+    pub snapshots: Vec<SnapshotItem>,
+}
+
+impl From<VolumeSnapshot> for SnapshotItem {
+    fn from(s: VolumeSnapshot) -> Self {
+        SnapshotItem {
+            id: s.id,
+            size: s.size,
+            created_at: s.created_at,
+        }
+    }
+}
+
 // The catalogue.
 
 /// Read-only, destructive, idempotent.
@@ -630,16 +773,10 @@ pub fn catalogue(toolsets: &[Toolset]) -> Vec<Tool> {
             "Create a machine from an image and wait until it is started. Returns its id and name. Create once and reuse it: stop it when idle instead of destroying.",
             WRITE,
         ),
-        tool::<AppArgs, MachineListOut>(
+        tool::<MachineListArgs, MachineListOut>(
             "machine_list",
             "List machines",
-            "List the machines of an app with their state.",
-            READ,
-        ),
-        tool::<MachineArgs, MachineOut>(
-            "machine_get",
-            "Get a machine",
-            "A machine's state, image and address, by name or id.",
+            "The machines of an app with their state, image and address; with machine (name or id), only that one.",
             READ,
         ),
         tool::<LifecycleArgs, LifecycleOut>(
@@ -651,7 +788,7 @@ pub fn catalogue(toolsets: &[Toolset]) -> Vec<Tool> {
         tool::<ExecArgs, ExecOut>(
             "exec",
             "Run a command",
-            "Run a command in a started machine. Waits up to 30 s; if it still runs, returns state `running` and a job to poll with job_poll. background: true returns the job at once. A non-zero exit code is a result, not an error. Output is capped (head and tail kept).",
+            "Run a command in a started machine. Waits up to 30 s; if it still runs, returns state `running` and a job to poll with job_poll. background: true returns the job at once; stdin_open: true too, keeping stdin open for job_control action=stdin. A non-zero exit code is a result, not an error. Output is capped (head and tail kept).",
             WRITE,
         ),
         tool::<JobArgs, ExecOut>(
@@ -660,11 +797,11 @@ pub fn catalogue(toolsets: &[Toolset]) -> Vec<Tool> {
             "A background job's state and its output from a cursor; wait_secs waits for it to end first.",
             READ,
         ),
-        tool::<JobCancelArgs, ExecOut>(
-            "job_cancel",
-            "Cancel a job",
-            "Cancel a running background job, killing its processes (or forget a finished one). With signal (e.g. SIGTERM), only send that signal and keep the job to poll.",
-            DESTRUCTIVE_IDEMPOTENT,
+        tool::<JobControlArgs, ExecOut>(
+            "job_control",
+            "Send input to, signal or cancel a job",
+            "action=stdin sends text to a job started with stdin_open (eof: true closes its stdin); action=signal sends a signal (e.g. SIGTERM) and keeps the job to poll; action=cancel kills its processes (or forgets a finished job). Read what it printed with job_poll.",
+            DESTRUCTIVE,
         ),
         tool::<PathArgs, FileOut>(
             "file_read",
@@ -757,8 +894,38 @@ pub fn catalogue(toolsets: &[Toolset]) -> Vec<Tool> {
                     DESTRUCTIVE,
                 ),
             ]),
-            // Volumes have no API yet; the toolset name is reserved for them.
-            Toolset::Volumes => {}
+            Toolset::Volumes => tools.extend([
+                tool::<VolumeCreateArgs, VolumeOut>(
+                    "volume_create",
+                    "Create a volume",
+                    "A new empty ext4 volume: a disk that outlives machines. Mount it with config.mounts when creating a machine (one machine at a time).",
+                    WRITE,
+                ),
+                tool::<AppArgs, VolumeListOut>(
+                    "volume_list",
+                    "List volumes",
+                    "The app's volumes, their size and the machine each is attached to.",
+                    READ,
+                ),
+                tool::<VolumeSnapshotArgs, VolumeSnapshotOut>(
+                    "volume_snapshot",
+                    "Snapshot a volume",
+                    "action=create takes a consistent snapshot of a volume as it is now (mounted or not); action=list lists its snapshots. Fork one with volume_fork.",
+                    WRITE,
+                ),
+                tool::<VolumeForkArgs, VolumeOut>(
+                    "volume_fork",
+                    "Fork a volume",
+                    "A new volume copied from another volume as it is now (volume) or from a snapshot (snapshot): try something on a copy of the data.",
+                    WRITE,
+                ),
+                tool::<VolumeDestroyArgs, VolumeOut>(
+                    "volume_destroy",
+                    "Destroy a volume",
+                    "Delete a volume and its snapshots for good; needs confirm: true. Refused while a machine mounts it.",
+                    DESTRUCTIVE,
+                ),
+            ]),
         }
     }
     tools
@@ -797,14 +964,13 @@ pub async fn call(
     Some(match name {
         "machine_run" => run!(machine_run),
         "machine_list" => run!(machine_list),
-        "machine_get" => run!(machine_get),
         "machine_lifecycle" => run!(machine_lifecycle),
         "exec" => match parse(args) {
             Ok(a) => Ok(exec(ctx, a, progress).await),
             Err(e) => Err(e),
         },
         "job_poll" => run!(job_poll),
-        "job_cancel" => run!(job_cancel),
+        "job_control" => run!(job_control),
         "file_read" => run!(file_read),
         "file_write" => run!(file_write),
         "file_list" => run!(file_list),
@@ -819,6 +985,11 @@ pub async fn call(
         "app_list" if has(Toolset::Apps) => run!(app_list),
         "app_create" if has(Toolset::Apps) => run!(app_create),
         "app_delete" if has(Toolset::Apps) => run!(app_delete),
+        "volume_create" if has(Toolset::Volumes) => run!(volume_create),
+        "volume_list" if has(Toolset::Volumes) => run!(volume_list),
+        "volume_snapshot" if has(Toolset::Volumes) => run!(volume_snapshot),
+        "volume_fork" if has(Toolset::Volumes) => run!(volume_fork),
+        "volume_destroy" if has(Toolset::Volumes) => run!(volume_destroy),
         _ => return None,
     })
 }
@@ -849,15 +1020,27 @@ async fn machine_run(ctx: &Ctx, a: RunArgs) -> R {
     out(&o, text)
 }
 
-async fn machine_list(ctx: &Ctx, a: AppArgs) -> R {
+async fn machine_list(ctx: &Ctx, a: MachineListArgs) -> R {
     let app = ctx.app(&a.app)?;
     let machines: Vec<MachineOut> = ctx
         .client
         .list_machines(&app)
         .await?
         .iter()
+        .filter(|m| {
+            a.machine
+                .as_deref()
+                .is_none_or(|want| m.name == want || m.id == want)
+        })
         .map(|m| MachineOut::new(&app, m))
         .collect();
+    if let Some(want) = &a.machine {
+        let Some(m) = machines.first() else {
+            return Err(no_machine(&app, want));
+        };
+        let text = format!("machine {} ({}) is {}", m.name, m.id, m.state);
+        return out(&MachineListOut { app, machines }, text);
+    }
     let text = machines
         .iter()
         .map(|m| format!("{} {} {}", m.id, m.name, m.state))
@@ -869,14 +1052,6 @@ async fn machine_list(ctx: &Ctx, a: AppArgs) -> R {
         text
     };
     out(&MachineListOut { app, machines }, text)
-}
-
-async fn machine_get(ctx: &Ctx, a: MachineArgs) -> R {
-    let app = ctx.app(&a.app)?;
-    let id = ctx.machine(&app, &a.machine).await?;
-    let m = MachineOut::new(&app, &ctx.client.get_machine(&app, &id).await?);
-    let text = format!("machine {} ({}) is {}", m.name, m.id, m.state);
-    out(&m, text)
 }
 
 async fn machine_lifecycle(ctx: &Ctx, a: LifecycleArgs) -> R {
@@ -1110,9 +1285,11 @@ async fn exec(ctx: &Ctx, a: ExecArgs, progress: Option<&dyn Progress>) -> R {
         command: a.command,
         timeout: a.timeout_secs,
         stdin: a.stdin,
+        stdin_open: a.stdin_open,
     };
     let mut job = ctx.client.create_job(&app, &id, &req).await?;
-    if !a.background {
+    // A command waiting for input it has not been sent would only wait.
+    if !a.background && !a.stdin_open {
         let deadline = started + FOREGROUND_WAIT;
         // Short waits when the client wants progress, so it hears from us.
         let step = if progress.is_some() {
@@ -1178,21 +1355,69 @@ async fn job_poll(ctx: &Ctx, a: JobArgs) -> R {
     out(&o, text)
 }
 
-async fn job_cancel(ctx: &Ctx, a: JobCancelArgs) -> R {
+async fn job_control(ctx: &Ctx, a: JobControlArgs) -> R {
     let app = ctx.app(&a.app)?;
+    let misplaced = |what: &str, action: &str| {
+        ToolError::new(
+            "bad_request",
+            format!("{what} goes with action={action}; pass the action it belongs to"),
+        )
+    };
+    match a.action {
+        JobAction::Stdin if a.signal.is_some() => return Err(misplaced("signal", "signal")),
+        JobAction::Stdin if a.stdin.is_none() && !a.eof => {
+            return Err(ToolError::new(
+                "bad_request",
+                "action=stdin needs \"stdin\" (the text to send) or \"eof\": true (close its stdin)",
+            ));
+        }
+        JobAction::Signal if a.signal.is_none() => {
+            return Err(ToolError::new(
+                "bad_request",
+                "action=signal needs \"signal\", e.g. \"SIGTERM\" or \"SIGINT\"",
+            ));
+        }
+        JobAction::Signal | JobAction::Cancel if a.stdin.is_some() || a.eof => {
+            return Err(misplaced("stdin and eof", "stdin"));
+        }
+        JobAction::Cancel if a.signal.is_some() => return Err(misplaced("signal", "signal")),
+        _ => {}
+    }
     let id = ctx.machine(&app, &a.machine).await?;
-    let (job, sent) = match &a.signal {
-        Some(signal) => (
-            ctx.client.signal_job(&app, &id, &a.job, signal).await?,
-            Some(signal),
-        ),
-        None => (ctx.client.cancel_job(&app, &id, &a.job).await?, None),
+    let c = &ctx.client;
+    let (job, text) = match a.action {
+        JobAction::Stdin => {
+            let data = a.stdin.unwrap_or_default();
+            let job = c
+                .send_job_stdin(&app, &id, &a.job, data.clone().into_bytes(), a.eof)
+                .await?;
+            let closed = if a.eof { " and closed its stdin" } else { "" };
+            let text = format!(
+                "sent {} bytes to job {}{closed}; read its output with job_poll from your last cursor",
+                data.len(),
+                job.id
+            );
+            (job, text)
+        }
+        JobAction::Signal => {
+            let signal = a.signal.unwrap_or_default();
+            let job = c.signal_job(&app, &id, &a.job, &signal).await?;
+            let text = format!("sent {signal} to job {}; it is {}", job.id, job.state);
+            (job, text)
+        }
+        JobAction::Cancel => {
+            let job = c.cancel_job(&app, &id, &a.job).await?;
+            let text = format!("job {} is {}", job.id, job.state);
+            (job, text)
+        }
     };
-    let o = exec_out(&job, None, DEFAULT_OUTPUT_CAP, None);
-    let text = match sent {
-        Some(signal) => format!("sent {signal} to job {}; it is {}", o.job, o.state),
-        None => format!("job {} is {}", o.job, o.state),
-    };
+    let mut o = exec_out(&job, None, DEFAULT_OUTPUT_CAP, None);
+    if a.action == JobAction::Stdin {
+        // The answer carries no output; its cursors would skip what the caller has
+        // not read yet.
+        o.next_cursor = 0;
+        o.next_stderr_cursor = 0;
+    }
     out(&o, text)
 }
 
@@ -1617,6 +1842,134 @@ async fn app_delete(ctx: &Ctx, a: AppNameArgs) -> R {
         },
         text,
     )
+}
+
+fn volume_text(v: &VolumeOut) -> String {
+    let attached = v
+        .attached_machine_id
+        .as_deref()
+        .map_or(String::new(), |m| format!(", attached to {m}"));
+    format!(
+        "volume {} ({}) {} GB, {}{attached}",
+        v.name, v.id, v.size_gb, v.state
+    )
+}
+
+async fn volume_create(ctx: &Ctx, a: VolumeCreateArgs) -> R {
+    let app = ctx.app(&a.app)?;
+    let req = CreateVolumeRequest {
+        name: a.name,
+        size_gb: Some(a.size_gb.unwrap_or(1)),
+        ..Default::default()
+    };
+    let v = VolumeOut::from(ctx.client.create_volume(&app, &req).await?);
+    let text = volume_text(&v);
+    out(&v, text)
+}
+
+async fn volume_list(ctx: &Ctx, a: AppArgs) -> R {
+    let app = ctx.app(&a.app)?;
+    let volumes: Vec<VolumeOut> = ctx
+        .client
+        .list_volumes(&app)
+        .await?
+        .into_iter()
+        .map(VolumeOut::from)
+        .collect();
+    let text = if volumes.is_empty() {
+        format!("app {app} has no volumes; create one with volume_create")
+    } else {
+        volumes
+            .iter()
+            .map(volume_text)
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    out(&VolumeListOut { app, volumes }, text)
+}
+
+async fn volume_snapshot(ctx: &Ctx, a: VolumeSnapshotArgs) -> R {
+    let app = ctx.app(&a.app)?;
+    let volume = ctx.client.get_volume(&app, &a.volume).await?;
+    let mut o = VolumeSnapshotOut {
+        action: String::new(),
+        volume_id: volume.id.clone(),
+        snapshot: None,
+        snapshots: Vec::new(),
+    };
+    let text = match a.action {
+        SnapshotAction::Create => {
+            let s = SnapshotItem::from(ctx.client.create_volume_snapshot(&app, &volume.id).await?);
+            o.action = "create".into();
+            let text = format!(
+                "snapshot {} of volume {} taken; fork it with volume_fork snapshot={}",
+                s.id, volume.name, s.id
+            );
+            o.snapshot = Some(s);
+            text
+        }
+        SnapshotAction::List => {
+            o.action = "list".into();
+            o.snapshots = ctx
+                .client
+                .list_volume_snapshots(&app, &volume.id)
+                .await?
+                .into_iter()
+                .map(SnapshotItem::from)
+                .collect();
+            if o.snapshots.is_empty() {
+                format!("volume {} has no snapshots", volume.name)
+            } else {
+                o.snapshots
+                    .iter()
+                    .map(|s| format!("{} {} bytes {}", s.id, s.size, s.created_at))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            }
+        }
+    };
+    out(&o, text)
+}
+
+async fn volume_fork(ctx: &Ctx, a: VolumeForkArgs) -> R {
+    let app = ctx.app(&a.app)?;
+    // The API takes a volume's name as well as its id.
+    let (source_volume_id, snapshot_id) = match (a.volume, a.snapshot) {
+        (Some(volume), None) => (Some(volume), None),
+        (None, Some(snapshot)) => (None, Some(snapshot)),
+        _ => {
+            return Err(ToolError::new(
+                "bad_request",
+                "give one source: \"volume\" (copy a volume as it is now) or \"snapshot\" (a snapshot id from volume_snapshot)",
+            ));
+        }
+    };
+    let req = CreateVolumeRequest {
+        name: a.name,
+        size_gb: a.size_gb,
+        snapshot_id,
+        source_volume_id,
+        ..Default::default()
+    };
+    let v = VolumeOut::from(ctx.client.create_volume(&app, &req).await?);
+    let text = volume_text(&v);
+    out(&v, text)
+}
+
+async fn volume_destroy(ctx: &Ctx, a: VolumeDestroyArgs) -> R {
+    let app = ctx.app(&a.app)?;
+    if !a.confirm {
+        return Err(ToolError::new(
+            "confirmation_required",
+            format!(
+                "destroying volume {} deletes its data and snapshots for good; call again with confirm: true, or fork it first to keep a copy",
+                a.volume
+            ),
+        ));
+    }
+    let v = VolumeOut::from(ctx.client.delete_volume(&app, &a.volume).await?);
+    let text = format!("volume {} ({}) destroyed", v.name, v.id);
+    out(&v, text)
 }
 
 /// The error result's structured body, for callers that render it.

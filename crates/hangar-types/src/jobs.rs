@@ -15,6 +15,10 @@ pub struct CreateJobRequest {
     /// Bytes given to the command's standard input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdin: Option<String>,
+    /// Keep standard input open (after `stdin`, if given) so more can be sent with
+    /// `POST .../jobs/{job}/stdin`; without it the command reads end of file.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub stdin_open: bool,
 }
 
 /// `POST /v1/apps/{app}/machines/{id}/jobs/{job}/signal`.
@@ -75,6 +79,10 @@ pub struct Job {
     pub stdout_bytes: u64,
     #[serde(default)]
     pub stderr_bytes: u64,
+    /// The job takes input at `POST .../jobs/{job}/stdin`: it was started with
+    /// `stdin_open` and neither ended nor had its stdin closed.
+    #[serde(default)]
+    pub stdin_open: bool,
 }
 
 impl Job {

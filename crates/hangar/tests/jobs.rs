@@ -1,5 +1,5 @@
 //! Black-box tests of background jobs' processes: a cancel kills what the job
-//! started, and a signal reaches it.
+//! started, a signal reaches it, and input sent to it is read.
 
 mod common;
 
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::{busybox, eventually, launch, setup};
 use hangar_client::{Client, ClientError};
-use hangar_types::CreateJobRequest;
+use hangar_types::{CreateJobRequest, Job};
 
 async fn running(client: &Client, app: &str, id: &str, needle: &str) -> bool {
     client
@@ -174,4 +174,119 @@ async fn output_shows_while_the_job_runs() {
         .unwrap();
     assert_eq!((j.stdout.as_str(), j.next_cursor), ("", 6), "{j:?}");
     client.cancel_job(app, &id, &started.id).await.unwrap();
+}
+
+async fn job_now(client: &Client, app: &str, id: &str, job: &str) -> Job {
+    client.get_job(app, id, job, 0, 0, None).await.unwrap()
+}
+
+fn conflict(err: &ClientError) -> bool {
+    matches!(err, ClientError::Api { status: 409, code, .. } if code == "invalid_state")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_job_reads_the_stdin_it_is_sent() {
+    let app = "jobs-stdin";
+    let Some((_daemon, client)) = setup(app).await else {
+        return;
+    };
+    let id = launch(&client, app, busybox(&["sleep", "100000"])).await;
+    let req = CreateJobRequest {
+        stdin_open: true,
+        ..job("read line; echo got:$line; exec cat")
+    };
+    let started = client.create_job(app, &id, &req).await.unwrap();
+    assert!(started.stdin_open, "{started:?}");
+
+    let sent = client
+        .send_job_stdin(app, &id, &started.id, "hello\n", false)
+        .await
+        .unwrap();
+    assert_eq!((sent.state.as_str(), sent.stdin_open), ("running", true));
+    eventually(
+        "the job's answer to its input",
+        Duration::from_secs(20),
+        || async {
+            let j = job_now(&client, app, &id, &started.id).await;
+            assert_eq!(j.state, "running", "{j:?}");
+            j.stdout == "got:hello\n"
+        },
+    )
+    .await;
+    // `cat` copies what comes next and ends at end of file, with code 0.
+    client
+        .send_job_stdin(app, &id, &started.id, "more\n", true)
+        .await
+        .unwrap();
+    let done = client
+        .get_job(app, &id, &started.id, 0, 0, Some(30))
+        .await
+        .unwrap();
+    assert_eq!(done.state, "exited", "{done:?}");
+    assert_eq!(done.exit_code, Some(0), "{done:?}");
+    assert_eq!(done.stdout, "got:hello\nmore\n");
+    assert!(!done.stdin_open);
+    let err = client
+        .send_job_stdin(app, &id, &started.id, "late\n", false)
+        .await
+        .unwrap_err();
+    assert!(conflict(&err), "an ended job: {err:?}");
+
+    // Without stdin_open a job reads end of file and takes no input.
+    let plain = client
+        .create_job(app, &id, &job("cat; sleep 296"))
+        .await
+        .unwrap();
+    assert!(!plain.stdin_open);
+    let err = client
+        .send_job_stdin(app, &id, &plain.id, "x", false)
+        .await
+        .unwrap_err();
+    assert!(conflict(&err), "a job without stdin: {err:?}");
+    client.cancel_job(app, &id, &plain.id).await.unwrap();
+
+    // Too much at once is refused whole; an empty body with eof only closes stdin.
+    let cat = CreateJobRequest {
+        stdin_open: true,
+        ..job("exec cat")
+    };
+    let cat = client.create_job(app, &id, &cat).await.unwrap();
+    let big = vec![b'x'; hangar_core::service::MAX_JOB_STDIN + 1];
+    let err = client
+        .send_job_stdin(app, &id, &cat.id, big, false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 413, code, .. } if code == "payload_too_large"),
+        "{err:?}"
+    );
+    client
+        .send_job_stdin(app, &id, &cat.id, Vec::new(), true)
+        .await
+        .unwrap();
+    let done = client
+        .get_job(app, &id, &cat.id, 0, 0, Some(30))
+        .await
+        .unwrap();
+    assert_eq!((done.state.as_str(), done.exit_code), ("exited", Some(0)));
+    assert_eq!(done.stdout, "");
+    let err = client
+        .send_job_stdin(app, &id, "job_nope", "x", false)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, ClientError::Api { status: 404, code, .. } if code == "job_not_found"),
+        "{err:?}"
+    );
+
+    let (_, doc) = client
+        .raw(reqwest::Method::GET, "/v1/openapi.json", None)
+        .await
+        .unwrap();
+    assert!(
+        doc["paths"]["/v1/apps/{app}/machines/{id}/jobs/{job}/stdin"]
+            .get("post")
+            .is_some(),
+        "the stdin route is not documented"
+    );
 }

@@ -14,11 +14,17 @@ use serde_json::{Value, json};
 type Mcp = RunningService<RoleClient, ()>;
 
 async fn stdio(daemon: &Daemon, app: &str) -> Mcp {
+    stdio_with(daemon, app, "").await
+}
+
+/// `hangar mcp` with opt-in toolsets (`volumes`, `all`).
+async fn stdio_with(daemon: &Daemon, app: &str, toolsets: &str) -> Mcp {
     let mut cmd = tokio::process::Command::new(BIN);
     cmd.arg("mcp")
         .env("HANGAR_API", &daemon.api)
         .env("HANGAR_TOKEN", &daemon.token)
-        .env("HANGAR_APP", app);
+        .env("HANGAR_APP", app)
+        .env("HANGAR_MCP_TOOLSETS", toolsets);
     let transport = TokioChildProcess::new(cmd).expect("starting hangar mcp");
     ().serve(transport).await.expect("MCP handshake over stdio")
 }
@@ -65,7 +71,7 @@ async fn a_model_drives_a_machine_over_stdio() {
     let mcp = stdio(&daemon, &app).await;
 
     let tools = mcp.list_all_tools().await.unwrap();
-    assert!((10..=15).contains(&tools.len()), "{} tools", tools.len());
+    assert!((10..=14).contains(&tools.len()), "{} tools", tools.len());
     for tool in &tools {
         assert!(
             tool.output_schema.is_some(),
@@ -143,11 +149,78 @@ async fn a_model_drives_a_machine_over_stdio() {
     assert_eq!(ok(&poll)["state"], "running");
     let cancel = call(
         &mcp,
-        "job_cancel",
-        json!({"machine": "work", "job": job["job"]}),
+        "job_control",
+        json!({"machine": "work", "job": job["job"], "action": "cancel"}),
     )
     .await;
     assert_eq!(ok(&cancel)["state"], "cancelled");
+
+    // An interactive program: it is handed input, answers, and ends at end of file.
+    let exec = call(
+        &mcp,
+        "exec",
+        json!({"machine": "work", "stdin_open": true,
+        "command": ["sh", "-c", "read line; echo got:$line; exec cat"]}),
+    )
+    .await;
+    let job = ok(&exec)["job"].clone();
+    assert_eq!(
+        ok(&exec)["state"],
+        "running",
+        "stdin_open returns the job at once"
+    );
+    let sent = call(
+        &mcp,
+        "job_control",
+        json!({"machine": "work", "job": job,
+        "action": "stdin", "stdin": "hello\n"}),
+    )
+    .await;
+    assert_eq!(ok(&sent)["state"], "running");
+    common::eventually(
+        "the answer to the input",
+        std::time::Duration::from_secs(20),
+        || async {
+            let poll = call(&mcp, "job_poll", json!({"machine": "work", "job": job})).await;
+            ok(&poll)["stdout"] == "got:hello\n"
+        },
+    )
+    .await;
+    ok(&call(
+        &mcp,
+        "job_control",
+        json!({"machine": "work", "job": job,
+        "action": "stdin", "stdin": "bye\n", "eof": true}),
+    )
+    .await);
+    let poll = call(
+        &mcp,
+        "job_poll",
+        json!({"machine": "work", "job": job, "wait_secs": 20}),
+    )
+    .await;
+    let out = ok(&poll);
+    assert_eq!(
+        (out["state"].clone(), out["exit_code"].clone()),
+        (json!("exited"), json!(0))
+    );
+    assert_eq!(out["stdout"], "got:hello\nbye\n");
+    let late = call(
+        &mcp,
+        "job_control",
+        json!({"machine": "work", "job": job,
+        "action": "stdin", "stdin": "late\n"}),
+    )
+    .await;
+    assert_eq!(err(&late)["code"], "invalid_state");
+    let no_text = call(
+        &mcp,
+        "job_control",
+        json!({"machine": "work", "job": job,
+        "action": "stdin"}),
+    )
+    .await;
+    assert_eq!(err(&no_text)["code"], "bad_request");
 
     // A short background job runs to completion and keeps its output.
     let exec = call(&mcp, "exec", json!({"machine": "work", "command": ["sh", "-c", "echo done; exit 4"], "background": true})).await;
@@ -550,6 +623,147 @@ async fn a_robot_builds_breaks_rewinds_and_wakes_an_app_through_mcp() {
     assert_eq!(ok(&stopped)["state"], "stopped", "{stopped:?}");
     // One request, no retries: the proxy starts the machine and holds the request.
     assert_eq!(fetch(http.clone(), url.clone()).await, "v1\n");
-    let woken = call(&mcp, "machine_get", json!({"machine": "web"})).await;
-    assert_eq!(ok(&woken)["state"], "started");
+    let woken = call(&mcp, "machine_list", json!({"machine": "web"})).await;
+    assert_eq!(ok(&woken)["machines"][0]["state"], "started");
+}
+
+/// The volumes toolset: create, list, snapshot, fork and destroy, as a model would,
+/// with a machine mounting the data in between.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_model_keeps_data_on_volumes() {
+    let app = format!("mcp-vol-{}", std::process::id());
+    let Some((daemon, client)) = setup(&app).await else {
+        return;
+    };
+    let plain = stdio(&daemon, &app).await;
+    let names: Vec<String> = plain
+        .list_all_tools()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.name.to_string())
+        .collect();
+    assert!(!names.iter().any(|n| n.starts_with("volume_")), "{names:?}");
+    let _ = plain.cancel().await;
+
+    let mcp = stdio_with(&daemon, &app, "volumes").await;
+    let tools = mcp.list_all_tools().await.unwrap();
+    for name in [
+        "volume_create",
+        "volume_list",
+        "volume_snapshot",
+        "volume_fork",
+        "volume_destroy",
+    ] {
+        let tool = tools
+            .iter()
+            .find(|t| t.name == name)
+            .unwrap_or_else(|| panic!("{name}"));
+        assert!(tool.output_schema.is_some(), "{name} has no outputSchema");
+        assert!(tool.annotations.is_some(), "{name} has no annotations");
+    }
+    let destroy = tools.iter().find(|t| t.name == "volume_destroy").unwrap();
+    assert_eq!(
+        destroy.annotations.as_ref().unwrap().destructive_hint,
+        Some(true)
+    );
+
+    let created = call(&mcp, "volume_create", json!({"name": "data", "size_gb": 1})).await;
+    let vol = ok(&created).clone();
+    assert_eq!(
+        (vol["name"].clone(), vol["size_gb"].clone()),
+        (json!("data"), json!(1))
+    );
+    let bad = call(&mcp, "volume_create", json!({"name": "Not Valid"})).await;
+    assert_eq!(err(&bad)["code"], "bad_request");
+
+    // A machine writes to it; a snapshot keeps that, a fork starts from it.
+    let mut config = busybox(&["sleep", "inf"]);
+    config.extra.insert(
+        "mounts".into(),
+        json!([{"volume": "data", "path": "/data"}]),
+    );
+    let id = launch(&client, &app, config).await;
+    client.wait(&app, &id, "started", 60).await.unwrap();
+    common::sh(&client, &app, &id, "echo v1 > /data/note").await;
+    let listed = call(&mcp, "volume_list", json!({})).await;
+    let volumes = ok(&listed)["volumes"].as_array().unwrap().clone();
+    assert_eq!(volumes.len(), 1);
+    assert_eq!(volumes[0]["attached_machine_id"], json!(id));
+
+    let snap = call(
+        &mcp,
+        "volume_snapshot",
+        json!({"volume": "data", "action": "create"}),
+    )
+    .await;
+    let snapshot = ok(&snap)["snapshot"]["id"].as_str().unwrap().to_string();
+    common::sh(&client, &app, &id, "echo v2 > /data/note").await;
+    let snaps = call(
+        &mcp,
+        "volume_snapshot",
+        json!({"volume": "data", "action": "list"}),
+    )
+    .await;
+    assert_eq!(ok(&snaps)["snapshots"][0]["id"], json!(snapshot));
+
+    let from_snap = call(
+        &mcp,
+        "volume_fork",
+        json!({"name": "then", "snapshot": snapshot}),
+    )
+    .await;
+    assert_eq!(ok(&from_snap)["name"], "then");
+    let from_vol = call(
+        &mcp,
+        "volume_fork",
+        json!({"name": "now", "volume": "data"}),
+    )
+    .await;
+    assert_eq!(ok(&from_vol)["size_gb"], 1);
+    let both = call(
+        &mcp,
+        "volume_fork",
+        json!({"name": "x", "volume": "data", "snapshot": snapshot}),
+    )
+    .await;
+    assert_eq!(err(&both)["code"], "bad_request");
+    let mut config = busybox(&["sleep", "inf"]);
+    config.extra.insert(
+        "mounts".into(),
+        json!([{"volume": "then", "path": "/then"}, {"volume": "now", "path": "/now"}]),
+    );
+    let reader = launch(&client, &app, config).await;
+    client.wait(&app, &reader, "started", 60).await.unwrap();
+    assert_eq!(
+        common::sh(&client, &app, &reader, "cat /then/note /now/note").await,
+        "v1\nv2\n"
+    );
+
+    // Destroying needs confirm, and is refused while a machine mounts the volume.
+    let unconfirmed = call(&mcp, "volume_destroy", json!({"volume": "data"})).await;
+    assert_eq!(err(&unconfirmed)["code"], "confirmation_required");
+    let attached = call(
+        &mcp,
+        "volume_destroy",
+        json!({"volume": "data", "confirm": true}),
+    )
+    .await;
+    assert_eq!(err(&attached)["code"], "volume_attached");
+    client.destroy_machine(&app, &reader, true).await.unwrap();
+    let gone = call(
+        &mcp,
+        "volume_destroy",
+        json!({"volume": "then", "confirm": true}),
+    )
+    .await;
+    assert_eq!(ok(&gone)["state"], "destroyed");
+    let missing = call(
+        &mcp,
+        "volume_snapshot",
+        json!({"volume": "then", "action": "list"}),
+    )
+    .await;
+    assert_eq!(err(&missing)["code"], "volume_not_found");
+    let _ = mcp.cancel().await;
 }

@@ -23,7 +23,7 @@ def expect(cond, what):
 async def drive(session, app, machine):
     await session.initialize()
     tools = (await session.list_tools()).tools
-    expect(10 <= len(tools) <= 15, f"10-15 tools, got {len(tools)}")
+    expect(10 <= len(tools) <= 14, f"10-14 tools, got {len(tools)}")
     for tool in tools:
         expect(tool.outputSchema is not None, f"{tool.name} has an outputSchema")
         expect(tool.annotations is not None and tool.annotations.readOnlyHint is not None,
@@ -48,8 +48,28 @@ async def drive(session, app, machine):
     expect(r.structuredContent["state"] == "running", "a long command returns a job")
     r = await session.call_tool("job_poll", {**args, "job": job})
     expect(r.structuredContent["state"] == "running", "the job can be polled")
-    r = await session.call_tool("job_cancel", {**args, "job": job})
+    r = await session.call_tool("job_control", {**args, "job": job, "action": "cancel"})
     expect(r.structuredContent["state"] == "cancelled", "the job can be cancelled")
+
+    # Input to a running job: sent as it is needed, closed with eof.
+    r = await session.call_tool("exec", {**args, "command": ["sh", "-c", "read x; echo got:$x; exec cat"],
+                                         "stdin_open": True})
+    job = r.structuredContent["job"]
+    expect(r.structuredContent["state"] == "running", f"stdin_open returns a job: {r}")
+    r = await session.call_tool("job_control", {**args, "job": job, "action": "stdin", "stdin": "py\n"})
+    expect(not r.isError, f"stdin is sent: {r}")
+    for _ in range(200):
+        r = await session.call_tool("job_poll", {**args, "job": job})
+        if r.structuredContent["stdout"] == "got:py\n":
+            break
+        await asyncio.sleep(0.05)
+    expect(r.structuredContent["stdout"] == "got:py\n", f"the job answers its input: {r}")
+    r = await session.call_tool("job_control", {**args, "job": job, "action": "stdin", "stdin": "end\n", "eof": True})
+    expect(not r.isError, f"eof is sent: {r}")
+    r = await session.call_tool("job_poll", {**args, "job": job, "wait_secs": 20})
+    s = r.structuredContent
+    expect(s["state"] == "exited" and s["exit_code"] == 0 and s["stdout"] == "got:py\nend\n",
+           f"cat ends at end of file: {r}")
 
     r = await session.call_tool("exec", {**args, "command": ["nosuchcommand"]})
     expect(not r.isError or r.structuredContent.get("code"), f"a missing binary is reported: {r}")

@@ -76,6 +76,7 @@ impl Service {
             cwd: machine.image.config.working_dir.clone(),
             user: machine.image.config.user.clone(),
             stdin: req.stdin,
+            keep_stdin: false,
             timeout: req.timeout,
         };
         let started = std::time::Instant::now();

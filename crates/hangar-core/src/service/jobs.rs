@@ -25,6 +25,8 @@ pub const MAX_JOB_TIMEOUT: Duration = Duration::from_secs(86_400);
 pub const MAX_JOBS_PER_MACHINE: usize = 64;
 /// Most output bytes of each stream returned by one poll.
 pub const MAX_JOB_CHUNK: usize = 1 << 20;
+/// Most bytes one `POST .../jobs/{job}/stdin` sends.
+pub const MAX_JOB_STDIN: usize = 1 << 20;
 
 const SIGKILL: i32 = 9;
 
@@ -33,6 +35,8 @@ const SIGKILL: i32 = 9;
 pub struct JobRequest {
     pub argv: Vec<String>,
     pub stdin: Vec<u8>,
+    /// Keep stdin open for [`Service::send_job_stdin`].
+    pub stdin_open: bool,
     pub timeout: Duration,
 }
 
@@ -63,6 +67,7 @@ impl TryFrom<CreateJobRequest> for JobRequest {
         Ok(JobRequest {
             argv: req.command,
             stdin: req.stdin.unwrap_or_default().into_bytes(),
+            stdin_open: req.stdin_open,
             timeout,
         })
     }
@@ -86,6 +91,8 @@ struct JobEntry {
     state: JobState,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
+    /// Input can still be sent: started with `stdin_open`, no end of file sent yet.
+    stdin_open: bool,
     task: Option<tokio::task::AbortHandle>,
     done: watch::Sender<bool>,
 }
@@ -209,6 +216,7 @@ fn render(entry: &JobEntry, cursor: u64, stderr_cursor: u64) -> Job {
         next_stderr_cursor,
         stdout_bytes: entry.stdout.len() as u64,
         stderr_bytes: entry.stderr.len() as u64,
+        stdin_open: entry.stdin_open && entry.state == JobState::Running,
     }
 }
 
@@ -231,6 +239,7 @@ impl Service {
             cwd: machine.image.config.working_dir.clone(),
             user: machine.image.config.user.clone(),
             stdin: req.stdin,
+            keep_stdin: req.stdin_open,
             timeout: req.timeout,
         };
         let (done, _) = watch::channel(false);
@@ -243,6 +252,7 @@ impl Service {
             state: JobState::Running,
             stdout: Vec::new(),
             stderr: Vec::new(),
+            stdin_open: req.stdin_open,
             task: None,
             done,
         };
@@ -450,6 +460,90 @@ impl Service {
     }
 }
 
+impl Service {
+    /// Sends `data` to the stdin of a running job started with `stdin_open`; `eof`
+    /// closes its stdin afterwards (a `cat` then ends).
+    pub async fn send_job_stdin(
+        &self,
+        app: &str,
+        id: &str,
+        job: &str,
+        data: &[u8],
+        eof: bool,
+    ) -> Result<Job> {
+        if data.len() > MAX_JOB_STDIN {
+            return Err(Error::request(
+                ErrorCode::PayloadTooLarge,
+                format!(
+                    "{} bytes of stdin in one request is too much: send at most {MAX_JOB_STDIN} bytes at a time",
+                    data.len()
+                ),
+            ));
+        }
+        let machine = self.machine(app, id).await?;
+        let (running, open) = self
+            .jobs
+            .with(|jobs| {
+                jobs.get(&machine.id)?
+                    .iter()
+                    .find(|j| j.id == job)
+                    .map(|j| (j.state == JobState::Running, j.stdin_open))
+            })
+            .ok_or_else(|| not_found(app, id, job))?;
+        let closed = |why: &str| {
+            Error::request(
+                ErrorCode::InvalidState,
+                format!(
+                    "job {job} {why}; start a new job with \"stdin_open\": true to send it input"
+                ),
+            )
+        };
+        if !running {
+            return Err(closed("has already ended"));
+        }
+        if !open {
+            return Err(closed(
+                "takes no input (it was started without \"stdin_open\": true, or its stdin was closed)",
+            ));
+        }
+        match self
+            .driver
+            .write_exec_stdin(&machine.id, job, data, eof)
+            .await
+        {
+            Ok(()) => {}
+            Err(DriverError::NotRunning(_)) => {
+                self.jobs.with(|jobs| {
+                    if let Some(entry) = jobs
+                        .get_mut(&machine.id)
+                        .and_then(|list| list.iter_mut().find(|j| j.id == job))
+                    {
+                        entry.stdin_open = false;
+                    }
+                });
+                return Err(closed("has ended or closed its stdin"));
+            }
+            Err(e) => return Err(e.into()),
+        }
+        self.jobs
+            .with(|jobs| {
+                let entry = jobs
+                    .get_mut(&machine.id)?
+                    .iter_mut()
+                    .find(|j| j.id == job)?;
+                if eof {
+                    entry.stdin_open = false;
+                }
+                Some(render(
+                    entry,
+                    entry.stdout.len() as u64,
+                    entry.stderr.len() as u64,
+                ))
+            })
+            .ok_or_else(|| not_found(app, id, job))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -460,7 +554,7 @@ mod tests {
         let too_long = CreateJobRequest {
             command: vec!["sleep".into(), "1".into()],
             timeout: Some(MAX_JOB_TIMEOUT.as_secs() + 1),
-            stdin: None,
+            ..Default::default()
         };
         assert!(JobRequest::try_from(too_long).is_err());
         let ok = CreateJobRequest {

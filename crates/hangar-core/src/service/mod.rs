@@ -42,7 +42,7 @@ use crate::store::{Store, StoreError};
 pub use checkpoints::MAX_FORKS;
 pub use exec::ExecRequest;
 pub use files::{FileRead, MAX_FILE_SIZE, WriteFileRequest, parse_mode};
-pub use jobs::{DEFAULT_JOB_TIMEOUT, JobRequest, MAX_JOB_TIMEOUT};
+pub use jobs::{DEFAULT_JOB_TIMEOUT, JobRequest, MAX_JOB_STDIN, MAX_JOB_TIMEOUT};
 pub use logs::LogFollow;
 pub use volumes::MAX_VOLUME_GB;
 

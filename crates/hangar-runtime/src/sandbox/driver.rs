@@ -63,6 +63,16 @@ impl Driver for SandboxDriver {
         Ok(self.signal_command(id, exec_id, signal).await?)
     }
 
+    async fn write_exec_stdin(
+        &self,
+        id: &MachineId,
+        exec_id: &str,
+        data: &[u8],
+        eof: bool,
+    ) -> Result<(), DriverError> {
+        Ok(self.write_command_stdin(id, exec_id, data, eof).await?)
+    }
+
     async fn ps(&self, id: &MachineId) -> Result<Vec<ProcessInfo>, DriverError> {
         Ok(self.list_processes(id).await?)
     }

@@ -28,6 +28,7 @@ impl SandboxDriver {
             cwd: e.cwd.clone(),
             user: e.user.clone(),
             stdin: e.stdin.clone(),
+            keep_stdin: e.keep_stdin,
             timeout_ms,
             stream: sink.is_some(),
         });
@@ -66,6 +67,30 @@ impl SandboxDriver {
             Response::Ok => Ok(()),
             other => Err(SandboxError::Protocol(format!(
                 "unexpected answer to kill: {other:?}"
+            ))),
+        }
+    }
+
+    pub async fn write_command_stdin(
+        &self,
+        id: &MachineId,
+        exec_id: &str,
+        data: &[u8],
+        eof: bool,
+    ) -> Result<(), SandboxError> {
+        self.ensure_exists(id)?;
+        if self.shared.cgroups.is_frozen(id) {
+            return Err(SandboxError::Frozen(id.clone()));
+        }
+        let req = Request::ExecStdin {
+            id: exec_id.to_string(),
+            data: data.to_vec(),
+            eof,
+        };
+        match call(id, &self.socket(id), &req, Some(QUICK)).await? {
+            Response::Ok => Ok(()),
+            other => Err(SandboxError::Protocol(format!(
+                "unexpected answer to exec_stdin: {other:?}"
             ))),
         }
     }

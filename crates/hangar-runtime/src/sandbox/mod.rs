@@ -126,6 +126,7 @@ impl From<SandboxError> for DriverError {
                 ErrorKind::InvalidCommand => DriverError::InvalidCommand(message),
                 ErrorKind::NotRunning => DriverError::NotRunning(id),
                 ErrorKind::AlreadyRunning => DriverError::AlreadyRunning(id),
+                ErrorKind::Busy => DriverError::Busy(message),
                 ErrorKind::BadRequest | ErrorKind::Internal => DriverError::Other(message),
             },
             SandboxError::InvalidSpec(m) => DriverError::InvalidCommand(m),
