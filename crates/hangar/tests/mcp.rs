@@ -542,7 +542,7 @@ async fn a_robot_builds_breaks_rewinds_and_wakes_an_app_through_mcp() {
         &mcp,
         "exec",
         json!({"machine": "web", "background": true,
-               "command": ["sh", "-c", "echo v1 > /app/www/index.html"]}),
+               "command": ["sh", "-c", "mkdir -p /app/www && echo v1 > /app/www/index.html"]}),
     )
     .await;
     let job_id = ok(&job)["job"].as_str().expect("a job handle").to_string();
