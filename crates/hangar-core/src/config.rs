@@ -64,6 +64,7 @@ pub fn validate(config: &MachineConfig) -> Result<()> {
     ephemeral_root_checked(config)?;
     mounts(config)?;
     services(config)?;
+    checks(config)?;
     Ok(())
 }
 
@@ -672,4 +673,268 @@ pub fn services(config: &MachineConfig) -> Result<Vec<ServiceConfig>> {
         }
     }
     Ok(services)
+}
+
+/// One entry of `config.checks` (Fly's `api.MachineCheck`), checked and with its
+/// defaults filled in.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CheckConfig {
+    pub kind: CheckKind,
+    pub port: u16,
+    pub interval: std::time::Duration,
+    pub timeout: std::time::Duration,
+    pub grace_period: std::time::Duration,
+    /// For `http` checks: the request line's method and path, and extra headers.
+    pub method: String,
+    pub path: String,
+    pub headers: Vec<(String, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CheckKind {
+    /// The port accepts a connection.
+    Tcp,
+    /// The port answers a request with 2xx or 3xx.
+    Http,
+}
+
+/// Fly's defaults and the bounds hangar keeps checks within.
+pub const DEFAULT_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(15);
+pub const DEFAULT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+pub const MIN_CHECK_INTERVAL: std::time::Duration = std::time::Duration::from_millis(100);
+pub const MAX_CHECK_DURATION: std::time::Duration = std::time::Duration::from_secs(3600);
+pub const MAX_CHECKS: usize = 16;
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCheck {
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    port: Option<i64>,
+    interval: Option<serde_json::Value>,
+    timeout: Option<serde_json::Value>,
+    grace_period: Option<serde_json::Value>,
+    method: Option<String>,
+    path: Option<String>,
+    protocol: Option<String>,
+    #[serde(default)]
+    headers: Vec<RawHeader>,
+    #[allow(dead_code)]
+    tls_server_name: Option<String>,
+    #[allow(dead_code)]
+    tls_skip_verify: Option<bool>,
+}
+
+#[derive(serde::Deserialize)]
+struct RawHeader {
+    name: String,
+    #[serde(default)]
+    values: Vec<String>,
+}
+
+/// Parses and checks `config.checks`; absent is no checks. Keyed by check name.
+pub fn checks(config: &MachineConfig) -> Result<BTreeMap<String, CheckConfig>> {
+    let value = match config.extra.get("checks") {
+        None | Some(serde_json::Value::Null) => return Ok(BTreeMap::new()),
+        Some(v) => v,
+    };
+    let raw: BTreeMap<String, RawCheck> = serde_json::from_value(value.clone()).map_err(|e| {
+        Error::invalid_config(format!(
+            "config.checks is not valid ({e}): use {{\"alive\": {{\"type\": \"http\", \"port\": 8080, \"path\": \"/healthz\", \"interval\": \"10s\", \"timeout\": \"2s\"}}}}"
+        ))
+    })?;
+    if raw.len() > MAX_CHECKS {
+        return Err(Error::invalid_config(format!(
+            "config.checks has {} checks: a machine has at most {MAX_CHECKS}",
+            raw.len()
+        )));
+    }
+    let mut out = BTreeMap::new();
+    for (name, c) in raw {
+        let bad = |why: String| Error::invalid_config(format!("config.checks.{name}.{why}"));
+        if name.is_empty() || name.len() > 64 || name.chars().any(|ch| ch.is_control()) {
+            return Err(Error::invalid_config(format!(
+                "config.checks has a check named {name:?}: use a short name such as \"alive\""
+            )));
+        }
+        let kind = match c.kind.as_deref() {
+            None | Some("tcp") => CheckKind::Tcp,
+            Some("http") => CheckKind::Http,
+            Some(other) => {
+                return Err(bad(format!(
+                    "type {other:?} is not known: use \"tcp\" or \"http\""
+                )));
+            }
+        };
+        let port = match c.port {
+            Some(p) if (1..=65535).contains(&p) => p as u16,
+            Some(p) => return Err(bad(format!("port {p} is not a port: use 1 to 65535"))),
+            None => {
+                return Err(bad(
+                    "port is required: name the port the check connects to, often the service's internal_port".into(),
+                ));
+            }
+        };
+        let duration = |field: &str, v: &Option<serde_json::Value>, default| -> Result<_> {
+            let Some(v) = v else { return Ok(default) };
+            let d = parse_duration(v).map_err(|_| {
+                bad(format!(
+                    "{field} {v} is not a duration: use a Go duration such as \"10s\" or \"500ms\""
+                ))
+            })?;
+            if d > MAX_CHECK_DURATION {
+                return Err(bad(format!("{field} {v} is longer than an hour")));
+            }
+            Ok(d)
+        };
+        let interval = duration("interval", &c.interval, DEFAULT_CHECK_INTERVAL)?;
+        if interval < MIN_CHECK_INTERVAL {
+            return Err(bad(format!(
+                "interval is {interval:?}: checks run at most every {MIN_CHECK_INTERVAL:?}"
+            )));
+        }
+        let timeout = duration("timeout", &c.timeout, DEFAULT_CHECK_TIMEOUT)?;
+        if timeout.is_zero() {
+            return Err(bad("timeout must be more than zero, such as \"2s\"".into()));
+        }
+        let grace_period = duration("grace_period", &c.grace_period, Default::default())?;
+        let method = c
+            .method
+            .unwrap_or_else(|| "GET".into())
+            .to_ascii_uppercase();
+        if !["GET", "HEAD"].contains(&method.as_str()) {
+            return Err(bad(format!(
+                "method {method:?} is not supported: use \"GET\" or \"HEAD\""
+            )));
+        }
+        let path = c.path.unwrap_or_else(|| "/".into());
+        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            return Err(bad(format!(
+                "path {path:?} must start with '/' and have no spaces or control characters"
+            )));
+        }
+        match c.protocol.as_deref() {
+            None | Some("http") => {}
+            Some(other) => {
+                return Err(bad(format!(
+                    "protocol {other:?} is not supported: checks speak plain \"http\" to the machine"
+                )));
+            }
+        }
+        let mut headers = Vec::new();
+        for h in c.headers {
+            let valid_name = !h.name.is_empty()
+                && h.name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+            if !valid_name
+                || h.values
+                    .iter()
+                    .any(|v| v.bytes().any(|b| b.is_ascii_control()))
+            {
+                return Err(bad(format!(
+                    "headers has {:?}: a header name is letters, digits and '-', and values have no control characters",
+                    h.name
+                )));
+            }
+            for v in h.values {
+                headers.push((h.name.clone(), v));
+            }
+        }
+        out.insert(
+            name.clone(),
+            CheckConfig {
+                kind,
+                port,
+                interval,
+                timeout,
+                grace_period,
+                method,
+                path,
+                headers,
+            },
+        );
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod check_tests {
+    use super::*;
+
+    fn with_checks(checks: serde_json::Value) -> MachineConfig {
+        let mut c = MachineConfig {
+            image: "busybox".into(),
+            ..Default::default()
+        };
+        c.extra.insert("checks".into(), checks);
+        c
+    }
+
+    #[test]
+    fn checks_get_fly_defaults() {
+        let c = checks(&with_checks(serde_json::json!({
+            "alive": {"type": "http", "port": 8080, "path": "/up", "interval": "1s",
+                      "headers": [{"name": "X-Probe", "values": ["1"]}]},
+            "port": {"port": 22}
+        })))
+        .unwrap();
+        let alive = &c["alive"];
+        assert_eq!(alive.kind, CheckKind::Http);
+        assert_eq!(alive.interval, std::time::Duration::from_secs(1));
+        assert_eq!(alive.timeout, DEFAULT_CHECK_TIMEOUT);
+        assert_eq!(alive.method, "GET");
+        assert_eq!(alive.headers, [("X-Probe".to_string(), "1".to_string())]);
+        assert_eq!(c["port"].kind, CheckKind::Tcp);
+        assert_eq!(c["port"].interval, DEFAULT_CHECK_INTERVAL);
+    }
+
+    #[test]
+    fn bad_checks_name_the_field() {
+        for (checks_json, field) in [
+            (serde_json::json!([1]), "config.checks"),
+            (
+                serde_json::json!({"a": {"port": 80, "type": "udp"}}),
+                "a.type",
+            ),
+            (serde_json::json!({"a": {"type": "tcp"}}), "a.port"),
+            (serde_json::json!({"a": {"port": 70000}}), "a.port"),
+            (
+                serde_json::json!({"a": {"port": 80, "interval": "soon"}}),
+                "a.interval",
+            ),
+            (
+                serde_json::json!({"a": {"port": 80, "interval": "1ms"}}),
+                "a.interval",
+            ),
+            (
+                serde_json::json!({"a": {"port": 80, "timeout": "0s"}}),
+                "a.timeout",
+            ),
+            (
+                serde_json::json!({"a": {"port": 80, "method": "POST"}}),
+                "a.method",
+            ),
+            (
+                serde_json::json!({"a": {"port": 80, "path": "up"}}),
+                "a.path",
+            ),
+            (
+                serde_json::json!({"a": {"port": 80, "protocol": "https"}}),
+                "a.protocol",
+            ),
+            (
+                serde_json::json!({"a": {"port": 80, "bogus": 1}}),
+                "config.checks",
+            ),
+        ] {
+            let err = validate(&with_checks(checks_json)).unwrap_err();
+            assert_eq!(err.code(), hangar_types::ErrorCode::InvalidConfig);
+            assert!(
+                err.public_message().contains(field),
+                "{field}: {}",
+                err.public_message()
+            );
+        }
+    }
 }

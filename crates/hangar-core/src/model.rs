@@ -93,6 +93,7 @@ impl MachineRecord {
             created_at: rfc3339(self.created_at),
             updated_at: rfc3339(self.updated_at),
             events,
+            checks: Vec::new(),
             nonce: None,
         }
     }

@@ -3,8 +3,11 @@
 //!
 //! The ruleset is rendered in full from a [`Rules`] and loaded with one `nft -f`
 //! transaction that deletes and recreates both tables, so applying is atomic and
-//! idempotent and a restarted daemon rebuilds exactly what it had. Addresses the DNS
-//! server learns for allowed domain names go into timeout sets with `add element`.
+//! idempotent and a restarted daemon rebuilds exactly what it had. Machines live in
+//! named sets (per app with a policy, and per bridge port), so a machine coming or
+//! going is one `nft -f` batch of `add element`/`delete element` ([`Rules::delta`])
+//! instead of a rebuild. Addresses the DNS server learns for allowed domain names go
+//! into timeout sets with `add element`.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -56,6 +59,14 @@ pub fn set6(app: usize) -> String {
     format!("app{app}_dyn6")
 }
 
+/// The set of an app's machine addresses whose egress goes through its policy.
+fn machines_set(app: usize, addr: &IpAddr) -> String {
+    match addr {
+        IpAddr::V4(_) => format!("app{app}_m4"),
+        IpAddr::V6(_) => format!("app{app}_m6"),
+    }
+}
+
 impl Rules {
     /// The complete `nft -f` script.
     pub fn render(&self) -> String {
@@ -101,6 +112,10 @@ impl Rules {
             }
             set_decl(&mut s, &set4(i), "ipv4_addr", "timeout", &l4);
             set_decl(&mut s, &set6(i), "ipv6_addr", "timeout", &l6);
+            let (m4, m6): (Vec<_>, Vec<_>) = app.machines.iter().partition(|a| a.is_ipv4());
+            let strings = |v: Vec<&IpAddr>| v.iter().map(|a| a.to_string()).collect::<Vec<_>>();
+            set_decl(&mut s, &format!("app{i}_m4"), "ipv4_addr", "", &strings(m4));
+            set_decl(&mut s, &format!("app{i}_m6"), "ipv6_addr", "", &strings(m6));
         }
 
         // The host: only DNS on the gateway, plus what IPv6 needs to find the gateway.
@@ -131,13 +146,8 @@ impl Rules {
         let _ = writeln!(s, "  chain egress {{");
         for app in &self.apps {
             let i = app.index;
-            let (m4, m6): (Vec<_>, Vec<_>) = app.machines.iter().partition(|a| a.is_ipv4());
-            if !m4.is_empty() {
-                let _ = writeln!(s, "    ip saddr {{ {} }} jump app{i}", join(&m4));
-            }
-            if !m6.is_empty() {
-                let _ = writeln!(s, "    ip6 saddr {{ {} }} jump app{i}", join(&m6));
-            }
+            let _ = writeln!(s, "    ip saddr @app{i}_m4 jump app{i}");
+            let _ = writeln!(s, "    ip6 saddr @app{i}_m6 jump app{i}");
         }
         let _ = writeln!(s, "    accept\n  }}");
         for app in &self.apps {
@@ -159,19 +169,10 @@ impl Rules {
 
         // On the bridge itself: no spoofed sources, and frames between two machines
         // pass only within an org.
-        let src4: Vec<String> = self
-            .ports
-            .iter()
-            .map(|(p, a, _)| format!("\"{p}\" . {a}"))
-            .collect();
-        let src6: Vec<String> = self
-            .ports
-            .iter()
-            .map(|(p, _, a)| format!("\"{p}\" . {a}"))
-            .collect();
+        let (src4, src6): (Vec<String>, Vec<String>) = self.ports.iter().map(port_elements).unzip();
         let _ = writeln!(s, "table bridge {t} {{");
-        set_decl(&mut s, "src4", "ifname . ipv4_addr", "constant", &src4);
-        set_decl(&mut s, "src6", "ifname . ipv6_addr", "constant", &src6);
+        set_decl(&mut s, "src4", "ifname . ipv4_addr", "", &src4);
+        set_decl(&mut s, "src6", "ifname . ipv6_addr", "", &src6);
         let _ = writeln!(
             s,
             "  chain prerouting {{\n    type filter hook prerouting priority filter - 10; policy accept;\n    iifname != \"{pp}*\" accept\n    ether type ip iifname . ip saddr != @src4 drop\n    ether type ip6 ip6 saddr != {{ ::, fe80::/10 }} iifname . ip6 saddr != @src6 drop\n  }}"
@@ -189,16 +190,68 @@ impl Rules {
     }
 }
 
-fn join(addrs: &[&IpAddr]) -> String {
-    addrs
-        .iter()
-        .map(|a| a.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
+impl Rules {
+    /// What stays put while machines come and go: everything but the machines' own
+    /// elements (and learned addresses, which have their own path).
+    fn skeleton(&self) -> Rules {
+        let mut r = self.clone();
+        r.ports.clear();
+        for app in &mut r.apps {
+            app.machines.clear();
+            app.learned.clear();
+        }
+        r
+    }
+
+    /// The `nft -f` batch that turns the loaded `self` into `next` by adding and
+    /// deleting set elements; `None` when more than machines changed (orgs, policies),
+    /// which needs [`Rules::render`]. An empty batch means nothing to do.
+    pub fn delta(&self, next: &Rules) -> Option<String> {
+        use std::collections::BTreeSet;
+        if self.skeleton() != next.skeleton() {
+            return None;
+        }
+        let t = &self.table;
+        let mut s = String::new();
+        let ports = |r: &Rules| r.ports.iter().map(port_elements).collect::<BTreeSet<_>>();
+        let (old, new) = (ports(self), ports(next));
+        for ((e4, e6), verb) in old
+            .difference(&new)
+            .map(|e| (e, "delete"))
+            .chain(new.difference(&old).map(|e| (e, "add")))
+        {
+            let _ = writeln!(s, "{verb} element bridge {t} src4 {{ {e4} }}");
+            let _ = writeln!(s, "{verb} element bridge {t} src6 {{ {e6} }}");
+        }
+        for (was, now) in self.apps.iter().zip(&next.apps) {
+            let (old, new): (BTreeSet<_>, BTreeSet<_>) =
+                (was.machines.iter().collect(), now.machines.iter().collect());
+            for (addr, verb) in old
+                .difference(&new)
+                .map(|a| (a, "delete"))
+                .chain(new.difference(&old).map(|a| (a, "add")))
+            {
+                let set = machines_set(now.index, addr);
+                let _ = writeln!(s, "{verb} element inet {t} {set} {{ {addr} }}");
+            }
+        }
+        Some(s)
+    }
+}
+
+/// A bridge port's elements in the `src4` and `src6` sets.
+fn port_elements(
+    (port, v4, v6): &(String, std::net::Ipv4Addr, std::net::Ipv6Addr),
+) -> (String, String) {
+    (format!("\"{port}\" . {v4}"), format!("\"{port}\" . {v6}"))
 }
 
 fn set_decl(s: &mut String, name: &str, ty: &str, flags: &str, elements: &[String]) {
-    let _ = write!(s, "  set {name} {{\n    type {ty}; flags {flags};\n");
+    let _ = write!(s, "  set {name} {{\n    type {ty};");
+    if !flags.is_empty() {
+        let _ = write!(s, " flags {flags};");
+    }
+    let _ = writeln!(s);
     if !elements.is_empty() {
         let _ = writeln!(s, "    elements = {{ {} }}", elements.join(", "));
     }
@@ -294,10 +347,97 @@ mod tests {
     fn render_keeps_orgs_apart_and_sends_policy_apps_to_their_chain() {
         let s = rules().render();
         assert!(s.contains("ip saddr 10.9.1.0/24 ip daddr 10.9.1.0/24 accept"));
-        assert!(s.contains("ip saddr { 10.9.1.1 } jump app0"));
-        assert!(s.contains("ip6 saddr { fd00:1:2:1::1 } jump app0"));
+        assert!(s.contains("ip saddr @app0_m4 jump app0"));
+        assert!(s.contains("ip6 saddr @app0_m6 jump app0"));
+        assert!(s.contains("elements = { 10.9.1.1 }"));
         assert!(s.contains("elements = { 192.0.2.0/24 }"));
         assert!(s.contains("198.51.100.7 timeout 60s"));
+    }
+
+    fn with_second_machine() -> Rules {
+        let mut r = rules();
+        r.apps[0].machines.push("10.9.1.2".parse().unwrap());
+        r.apps[0].machines.push("fd00:1:2:1::2".parse().unwrap());
+        r.ports.push((
+            "habcd456".into(),
+            "10.9.1.2".parse().unwrap(),
+            "fd00:1:2:1::2".parse().unwrap(),
+        ));
+        r
+    }
+
+    #[test]
+    fn machines_coming_and_going_are_set_elements() {
+        let (one, two) = (rules(), with_second_machine());
+        let add = one.delta(&two).unwrap();
+        assert!(
+            add.contains("add element inet hangar_test app0_m4 { 10.9.1.2 }"),
+            "{add}"
+        );
+        assert!(add.contains("add element inet hangar_test app0_m6 { fd00:1:2:1::2 }"));
+        assert!(add.contains("add element bridge hangar_test src4 { \"habcd456\" . 10.9.1.2 }"));
+        assert!(!add.contains("delete"), "{add}");
+        let remove = two.delta(&one).unwrap();
+        assert!(
+            remove.contains(
+                "delete element bridge hangar_test src6 { \"habcd456\" . fd00:1:2:1::2 }"
+            )
+        );
+        assert!(!remove.contains("add"), "{remove}");
+        assert_eq!(one.delta(&one).unwrap(), "");
+        // Learned addresses have their own path and change nothing here.
+        let mut learned = one.clone();
+        learned.apps[0].learned.clear();
+        assert_eq!(one.delta(&learned).unwrap(), "");
+    }
+
+    #[test]
+    fn policy_and_org_changes_need_a_rebuild() {
+        let mut policy = rules();
+        policy.apps[0].nets.clear();
+        assert_eq!(rules().delta(&policy), None);
+        let mut org = rules();
+        org.orgs.push((
+            "10.9.2.0/24".parse().unwrap(),
+            "fd00:1:2:2::/64".parse().unwrap(),
+        ));
+        assert_eq!(rules().delta(&org), None);
+    }
+
+    /// A delta loads into the real kernel tables it was computed against.
+    #[test]
+    fn deltas_apply_to_loaded_tables() {
+        if Command::new("nft")
+            .args(["list", "tables"])
+            .output()
+            .map_or(true, |o| !o.status.success())
+        {
+            eprintln!("skipped: nft cannot change tables here (needs root)");
+            return;
+        }
+        let table = format!("hangar_fwtest{}", std::process::id());
+        let (mut one, mut two) = (rules(), with_second_machine());
+        one.table = table.clone();
+        two.table = table.clone();
+        nft(&one.render()).unwrap();
+        let listed = |set: &str, family: &str| {
+            let out = Command::new("nft")
+                .args(["list", "set", family, &table, set])
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let result = std::panic::catch_unwind(|| {
+            nft(&one.delta(&two).unwrap()).unwrap();
+            assert!(listed("app0_m4", "inet").contains("10.9.1.2"));
+            assert!(listed("src6", "bridge").contains("habcd456"));
+            nft(&two.delta(&one).unwrap()).unwrap();
+            assert!(!listed("app0_m4", "inet").contains("10.9.1.2"));
+            assert!(!listed("src4", "bridge").contains("habcd456"));
+            assert!(listed("src4", "bridge").contains("habcd123"));
+        });
+        remove(&table).unwrap();
+        result.unwrap();
     }
 
     /// The rendered script is accepted by the real nft in check mode (`-c`), which

@@ -38,8 +38,8 @@ pub struct HostNetwork {
     directory: Arc<RwLock<Directory>>,
     learned: Arc<Learned>,
     /// The last ruleset loaded, without learned addresses: an unchanged ruleset is
-    /// not loaded again.
-    applied: tokio::sync::Mutex<Option<String>>,
+    /// not loaded again, and one that differs only in machines is updated in place.
+    applied: tokio::sync::Mutex<Option<Rules>>,
     /// Stable set and chain numbers for apps with a policy.
     app_index: Mutex<HashMap<String, usize>>,
     dns_tasks: Vec<tokio::task::JoinHandle<()>>,
@@ -317,16 +317,30 @@ impl Network for HostNetwork {
                 })
                 .collect();
         }
-        let key = self.rules(&view, false).render();
+        let key = self.rules(&view, false);
         let mut applied = self.applied.lock().await;
-        if applied.as_deref() == Some(key.as_str()) {
+        if applied.as_ref() == Some(&key) {
             return Ok(());
         }
-        let script = self.rules(&view, true).render();
-        tokio::task::spawn_blocking(move || firewall::nft(&script))
-            .await
-            .map_err(|e| NetworkError::Host(e.to_string()))?
-            .map_err(|e| NetworkError::Host(e.to_string()))?;
+        let run = |script: String| async move {
+            tokio::task::spawn_blocking(move || firewall::nft(&script))
+                .await
+                .map_err(|e| NetworkError::Host(e.to_string()))?
+                .map_err(|e| NetworkError::Host(e.to_string()))
+        };
+        if let Some(delta) = applied.as_ref().and_then(|old| old.delta(&key)) {
+            match run(delta).await {
+                Ok(()) => {
+                    *applied = Some(key);
+                    return Ok(());
+                }
+                // Someone changed the tables under us: rebuild them.
+                Err(err) => {
+                    tracing::warn!(error = %err, "updating the firewall in place; reloading it")
+                }
+            }
+        }
+        run(self.rules(&view, true).render()).await?;
         *applied = Some(key);
         Ok(())
     }

@@ -32,6 +32,10 @@ pub enum ProxyError {
         "no machine of this app is started and none may be started for a request (autostart is off)"
     )]
     NoneStarted,
+    #[error(
+        "every started machine of this app is failing a health check ({}): see their \"checks\" in GET /v1/apps/{{app}}/machines, or reach one anyway with fly-force-instance-id", .0.join(", ")
+    )]
+    AllFailing(Vec<String>),
     #[error("machine {machine} failed to start: {why}")]
     StartFailed { machine: String, why: String },
     #[error("machine {machine} did not accept connections on port {port} in time: {why}{logs}")]
@@ -54,7 +58,7 @@ impl ProxyError {
         use ProxyError::*;
         match self {
             UnknownHost(_) | UnknownApp(_) => StatusCode::NOT_FOUND,
-            NoService { .. } | ForcedUnavailable(_) | AtHardLimit | NoneStarted => {
+            NoService { .. } | ForcedUnavailable(_) | AtHardLimit | NoneStarted | AllFailing(_) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             StartFailed { .. } | NotListening { .. } | Upstream { .. } | Replay(_) => {
@@ -73,6 +77,7 @@ impl ProxyError {
             ForcedUnavailable(_) => "instance_unavailable",
             AtHardLimit => "at_hard_limit",
             NoneStarted => "no_machine_started",
+            AllFailing(_) => "all_machines_failing_checks",
             StartFailed { .. } => "machine_start_failed",
             NotListening { .. } => "machine_not_listening",
             Upstream { .. } => "upstream_error",

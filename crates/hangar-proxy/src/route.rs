@@ -53,6 +53,15 @@ impl Candidate {
     pub fn started(&self) -> bool {
         self.machine.state == "started"
     }
+    /// A started machine one of whose health checks last failed.
+    pub fn failing(&self) -> bool {
+        self.started()
+            && self
+                .machine
+                .checks
+                .iter()
+                .any(|c| c.status == hangar_core::service::health::CRITICAL)
+    }
     pub fn can_wake(&self) -> bool {
         matches!(
             self.machine.state.as_str(),
@@ -121,13 +130,23 @@ impl Proxy {
         Ok(found)
     }
 
-    /// Picks a started machine with room, least loaded first; `None` when every
-    /// started machine is past its soft limit (or none is started).
+    /// Picks a started machine with room and passing checks, least loaded first;
+    /// `None` when every such machine is past its soft limit (or none is started).
+    /// Machines failing a health check are out of rotation; when they are all there
+    /// is, and none can be woken, that is the answer.
     pub(crate) fn pick(&self, candidates: &[Candidate]) -> Result<Option<Candidate>, ProxyError> {
         let load = self.load.lock().expect("load table poisoned");
         let mut best: Option<(usize, usize, &Candidate)> = None;
         let mut at_hard_limit = 0;
-        let started: Vec<&Candidate> = candidates.iter().filter(|c| c.started()).collect();
+        let started: Vec<&Candidate> = candidates
+            .iter()
+            .filter(|c| c.started() && !c.failing())
+            .collect();
+        let failing: Vec<&str> = candidates
+            .iter()
+            .filter(|c| c.failing())
+            .map(Candidate::id)
+            .collect();
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for (i, c) in started.iter().enumerate() {
             let n = load.get(c.id()).map_or(0, |l| l.in_flight);
@@ -155,6 +174,9 @@ impl Proxy {
             Some((_, _, c)) if !(over_soft && wakeable) => Ok(Some(c.clone())),
             Some(_) => Ok(None),
             None if at_hard_limit > 0 && !wakeable => Err(ProxyError::AtHardLimit),
+            None if !failing.is_empty() && !wakeable => Err(ProxyError::AllFailing(
+                failing.iter().map(|s| s.to_string()).collect(),
+            )),
             None => Ok(None),
         }
     }

@@ -200,8 +200,23 @@ pub struct Machine {
     pub updated_at: String,
     #[serde(default)]
     pub events: Vec<MachineEvent>,
+    /// The latest result of each of `config.checks`, while the machine is started.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub checks: Vec<CheckStatus>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nonce: Option<String>,
+}
+
+/// The latest result of one health check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct CheckStatus {
+    pub name: String,
+    /// `passing`, `warning` (not checked yet: waiting for the grace period or the
+    /// first result) or `critical` (the last check failed).
+    pub status: String,
+    pub output: String,
+    /// RFC 3339.
+    pub updated_at: String,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]

@@ -152,6 +152,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
 
     let shutdown = CancellationToken::new();
     let events = service.spawn_event_loop(shutdown.clone());
+    let health = service.spawn_health_loop(shutdown.clone());
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
         .install_recorder()
         .context("installing the metrics recorder")?;
@@ -222,6 +223,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await?;
     shutdown.cancel();
     let _ = events.await;
+    let _ = health.await;
     tracing::info!("stopped serving; machines keep running");
     Ok(())
 }

@@ -60,6 +60,17 @@ fn first_word(body: &str) -> String {
         .to_string()
 }
 
+/// The machines that answer ten unsteered requests.
+async fn answering(client: &reqwest::Client, url: &str) -> std::collections::BTreeSet<String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..10 {
+        let (status, body) = get(client, url, &[]).await;
+        assert_eq!(status, 200, "{body}");
+        seen.insert(first_word(&body));
+    }
+    seen
+}
+
 /// Waits until the machine's httpd answers through the proxy.
 async fn ready(client: &reqwest::Client, url: &str, id: &str) {
     common::eventually(
@@ -88,13 +99,7 @@ async fn proxy_balances_steers_replays_pins_sessions_and_wakes() {
     ready(&http, &url, &b).await;
 
     // Without steering, requests spread over both machines.
-    let mut seen = std::collections::BTreeSet::new();
-    for _ in 0..10 {
-        let (status, body) = get(&http, &url, &[]).await;
-        assert_eq!(status, 200, "{body}");
-        seen.insert(first_word(&body));
-    }
-    assert_eq!(seen, [a.clone(), b.clone()].into_iter().collect());
+    assert_eq!(answering(&http, &url).await, [a.clone(), b.clone()].into());
 
     // fly-force-instance-id and the machine's own host name reach that machine only.
     let machine_url = format!("http://{a}.{app}.hangar.localhost:{port}/cgi-bin/id");
@@ -348,3 +353,117 @@ printf 'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Up
 exec cat
 EOF
 chmod +x /ws && exec nc -ll -p 8080 -e /ws"#;
+
+/// The status of the machine's one check, once it has one.
+async fn check_status(client: &hangar_client::Client, app: &str, id: &str) -> Option<String> {
+    let m = client.get_machine(app, id).await.ok()?;
+    m.checks.first().map(|c| c.status.clone())
+}
+
+async fn wait_check(client: &hangar_client::Client, app: &str, id: &str, status: &str) {
+    common::eventually(
+        &format!("machine {id}'s check to be {status}"),
+        Duration::from_secs(30),
+        || async { check_status(client, app, id).await.as_deref() == Some(status) },
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_health_checks_take_machines_out_of_rotation() {
+    let app = unique("proxychecks");
+    let Some((daemon, client)) = setup(&app).await else {
+        return;
+    };
+    // httpd serves /up from a file the test deletes to fail the check.
+    let script = format!("mkdir -p /www && echo ok > /www/up\n{SERVER}");
+    let mut config = web_config();
+    config.init = busybox(&["sh", "-c", &script]).init;
+    config.extra.insert(
+        "checks".into(),
+        serde_json::json!({"alive": {
+            "type": "http", "port": 8080, "path": "/up",
+            "interval": "200ms", "timeout": "1s", "grace_period": "100ms"
+        }}),
+    );
+
+    // A check that cannot work is refused before anything is created.
+    let mut bad = config.clone();
+    bad.extra.insert(
+        "checks".into(),
+        serde_json::json!({"alive": {"type": "grpc", "port": 8080}}),
+    );
+    let req = hangar_types::CreateMachineRequest {
+        config: bad,
+        ..Default::default()
+    };
+    let err = client.create_machine(&app, &req).await.unwrap_err();
+    assert_eq!(err.code(), Some("invalid_config"), "{err}");
+    assert!(
+        err.to_string().contains("config.checks.alive.type"),
+        "{err}"
+    );
+    assert!(client.list_machines(&app).await.unwrap().is_empty());
+
+    let a = launch(&client, &app, config.clone()).await;
+    let b = launch(&client, &app, config).await;
+    let port = daemon.proxy.rsplit_once(':').unwrap().1.to_string();
+    let http = http_client(&app, &[&a, &b], &daemon.proxy);
+    let url = format!("http://{app}.hangar.localhost:{port}/cgi-bin/id");
+    wait_check(&client, &app, &a, "passing").await;
+    wait_check(&client, &app, &b, "passing").await;
+
+    // b fails its check: every request goes to a, but b can still be forced.
+    sh(&client, &app, &b, "rm /www/up").await;
+    wait_check(&client, &app, &b, "critical").await;
+    let failing = client.get_machine(&app, &b).await.unwrap();
+    assert!(
+        failing.checks[0].output.contains("404"),
+        "{:?}",
+        failing.checks
+    );
+    assert_eq!(answering(&http, &url).await, [a.clone()].into());
+    let (status, body) = get(&http, &url, &[("fly-force-instance-id", &b)]).await;
+    assert_eq!((status, first_word(&body)), (200, b.clone()), "{body}");
+
+    // With both failing, the proxy says so.
+    sh(&client, &app, &a, "rm /www/up").await;
+    wait_check(&client, &app, &a, "critical").await;
+    let (status, body) = get(&http, &url, &[("accept", "application/json")]).await;
+    assert_eq!(status, 503, "{body}");
+    let err: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(err["code"], "all_machines_failing_checks", "{body}");
+
+    // Recovered machines come back into rotation.
+    for id in [&a, &b] {
+        sh(&client, &app, id, "echo ok > /www/up").await;
+        wait_check(&client, &app, id, "passing").await;
+    }
+    assert_eq!(answering(&http, &url).await, [a.clone(), b.clone()].into());
+
+    // Each transition is an event.
+    let events = client.get_machine(&app, &b).await.unwrap().events;
+    let checks: Vec<&str> = events
+        .iter()
+        .filter(|e| e.kind == "check")
+        .map(|e| e.status.as_str())
+        .collect();
+    for status in ["passing", "critical"] {
+        assert!(checks.contains(&status), "{checks:?}");
+    }
+
+    // A stopped machine is not checked.
+    client
+        .stop_machine(&app, &b, &StopRequest::default())
+        .await
+        .unwrap();
+    client.wait(&app, &b, "stopped", 30).await.unwrap();
+    assert!(
+        client
+            .get_machine(&app, &b)
+            .await
+            .unwrap()
+            .checks
+            .is_empty()
+    );
+}

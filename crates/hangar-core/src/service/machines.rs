@@ -469,6 +469,9 @@ impl Service {
                 .await?
                 .map(|(v4, _)| v4.to_string());
         }
+        if machine.state == MachineState::Started {
+            api.checks = self.check_statuses(&machine.id);
+        }
         Ok(api)
     }
 }

@@ -11,6 +11,7 @@ mod checkpoints;
 mod exec;
 mod expose;
 mod files;
+pub mod health;
 mod images;
 mod jobs;
 mod lease;
@@ -96,6 +97,7 @@ pub struct Service {
     volume_lock: tokio::sync::Mutex<()>,
     changes: broadcast::Sender<StateChange>,
     jobs: jobs::JobTable,
+    health: health::HealthTable,
 }
 
 impl Service {
@@ -127,6 +129,7 @@ impl Service {
             volume_lock: tokio::sync::Mutex::new(()),
             changes,
             jobs: jobs::JobTable::default(),
+            health: health::HealthTable::default(),
         })
     }
 
