@@ -364,7 +364,9 @@ impl Proxy {
             return Err(ProxyError::ForcedUnavailable(id.clone()));
         }
         if let Some(id) = &steer.prefer
-            && let Some(c) = candidates.iter().find(|c| c.id() == id && c.started())
+            && let Some(c) = candidates
+                .iter()
+                .find(|c| c.id() == id && c.started() && !c.failing())
         {
             return Ok(c.clone());
         }
