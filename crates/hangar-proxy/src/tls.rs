@@ -16,6 +16,15 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+/// Makes aws-lc-rs the process's rustls provider, for TLS clients (reqwest, the
+/// registry client) that ask rustls for its default instead of naming one: with
+/// more than one provider compiled in, rustls picks none and those clients fail
+/// with "No provider set". Call once where the process starts; later calls are
+/// no-ops.
+pub fn install_crypto_provider() {
+    let _ = aws_lc_rs::default_provider().install_default();
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     #[error("{context}")]

@@ -12,6 +12,7 @@ use clap::Parser;
 fn main() -> ExitCode {
     // A re-executed sandbox bootstrap never returns from here.
     hangar_runtime::sandbox::boot::run_if_requested();
+    hangar_proxy::tls::install_crypto_provider();
 
     let args = cli::Cli::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()

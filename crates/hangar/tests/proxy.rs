@@ -206,6 +206,26 @@ async fn https_uses_certificates_from_the_local_ca() {
     assert_eq!(first_word(&stdout), a);
     assert!(stdout.trim_end().ends_with("http/2"), "{stdout}");
 
+    // So does reqwest (rustls), for the app's host and the machine's own host, each
+    // with its own certificate picked by SNI.
+    let ca = reqwest::Certificate::from_pem(&std::fs::read(&ca_path).unwrap()).unwrap();
+    let tls_addr: SocketAddr = daemon.proxy_tls.parse().unwrap();
+    let https = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(ca)
+        .resolve(&format!("{app}.hangar.localhost"), tls_addr)
+        .resolve(&format!("{a}.{app}.hangar.localhost"), tls_addr)
+        .build()
+        .unwrap();
+    let machine_url = format!("https://{a}.{app}.hangar.localhost:{tls_port}/cgi-bin/id");
+    for url in [&url, &machine_url] {
+        let resp = https.get(url).send().await.unwrap();
+        assert_eq!(resp.version(), reqwest::Version::HTTP_2, "{url}");
+        assert_eq!(resp.status().as_u16(), 200, "{url}");
+        assert_eq!(first_word(&resp.text().await.unwrap()), a, "{url}");
+    }
+
     use std::os::unix::fs::PermissionsExt;
     let key = daemon.data_dir().join("proxy-ca/ca-key.pem");
     let mode = std::fs::metadata(key).unwrap().permissions().mode();

@@ -50,6 +50,9 @@ impl Daemon {
 
     /// Like [`Daemon::start`], with `hangar serve` given extra environment.
     pub fn start_with_env(env: &[(&str, &str)]) -> Daemon {
+        // The tests' HTTP clients (reqwest, with rustls for HTTPS through the proxy)
+        // take the process's crypto provider, as the daemon's own do.
+        hangar_proxy::tls::install_crypto_provider();
         let dir = tempfile::Builder::new()
             .prefix("hangar-test-")
             .tempdir()
