@@ -106,10 +106,18 @@ impl Proxy {
             .filter(|m| m.state != "destroyed" && m.state != "destroying")
             .filter(|m| target.machine.as_deref().is_none_or(|id| id == m.id))
             .filter_map(|m| {
-                service_for(m, public_port).map(|service| Candidate {
-                    app: target.app.clone(),
-                    machine: m.clone(),
-                    service,
+                service_for(m, public_port).map(|service| {
+                    let mut machine = m.clone();
+                    // The cached list follows state changes, not check results:
+                    // those are read live.
+                    if let Some(id) = hangar_core::MachineId::parse(&m.id) {
+                        machine.checks = self.service.check_statuses(&id);
+                    }
+                    Candidate {
+                        app: target.app.clone(),
+                        machine,
+                        service,
+                    }
                 })
             })
             .collect();

@@ -80,8 +80,28 @@ pub struct ServeArgs {
     pub log_format: String,
 }
 
+/// Every connection the proxy holds (an SSE stream: client and machine side) is two
+/// descriptors: the usual soft limit of 1,024 would stop it at a few hundred.
+fn raise_open_files_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit on a struct we own.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                tracing::warn!(error = %std::io::Error::last_os_error(), "raising the open files limit");
+            }
+        }
+    }
+}
+
 pub async fn run(args: ServeArgs) -> Result<()> {
     init_tracing(&args.log_format);
+    raise_open_files_limit();
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating data dir {}", args.data_dir.display()))?;
     std::fs::set_permissions(&args.data_dir, std::fs::Permissions::from_mode(0o700))
