@@ -9,6 +9,22 @@ use serde::de::DeserializeOwned;
 
 use crate::error::ApiError;
 
+/// A request body that could not be read: `413 payload_too_large` saying `too_large`
+/// when it is over the route's limit, else `400 bad_request`.
+pub(crate) fn body_error(
+    rejection: axum::extract::rejection::BytesRejection,
+    too_large: impl FnOnce() -> String,
+) -> ApiError {
+    if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+        ApiError::new(ErrorCode::PayloadTooLarge, too_large())
+    } else {
+        ApiError::new(
+            ErrorCode::BadRequest,
+            format!("the request body could not be read: {rejection}"),
+        )
+    }
+}
+
 /// A JSON body. The content type is not insisted on (robots and curl forget it); the
 /// body must parse, and an empty body is read as `{}` only where `T` allows it.
 pub struct Body<T>(pub T);
@@ -18,17 +34,12 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for Body<T> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
-            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(
-                    ErrorCode::PayloadTooLarge,
-                    format!(
-                        "the request body is larger than {} KiB; send less (large files belong in the image or a volume)",
-                        crate::MAX_JSON_BODY / 1024
-                    ),
+            body_error(rejection, || {
+                format!(
+                    "the request body is larger than {} KiB; send less (large files belong in the image or a volume)",
+                    crate::MAX_JSON_BODY / 1024
                 )
-            } else {
-                ApiError::new(ErrorCode::BadRequest, format!("the request body could not be read: {rejection}"))
-            }
+            })
         })?;
         let bytes: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
             b"{}"

@@ -6,7 +6,7 @@ use axum::Json;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
-use axum::http::{HeaderValue, StatusCode, header};
+use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use hangar_core::service::{FileRead, MAX_FILE_SIZE, WriteFileRequest, parse_mode};
 use hangar_types::*;
@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 
 use crate::AppState;
 use crate::error::{ApiError, ApiResult};
-use crate::extract::{LeaseNonce, Query};
+use crate::extract::{LeaseNonce, Query, body_error};
 
 #[derive(Deserialize)]
 pub struct FilesQuery {
@@ -113,20 +113,12 @@ pub async fn write(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Value>> {
     let contents = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "the file is larger than {} MiB, the most the files API writes; put it in the image or a volume",
-                    MAX_FILE_SIZE / (1024 * 1024)
-                ),
+        body_error(rejection, || {
+            format!(
+                "the file is larger than {} MiB, the most the files API writes; put it in the image or a volume",
+                MAX_FILE_SIZE / (1024 * 1024)
             )
-        } else {
-            ApiError::new(
-                ErrorCode::BadRequest,
-                format!("the request body could not be read: {rejection}"),
-            )
-        }
+        })
     })?;
     let req = WriteFileRequest {
         path: q.path()?.to_string(),

@@ -13,8 +13,8 @@ use hangar_types::*;
 use serde::Deserialize;
 
 use crate::AppState;
-use crate::error::{ApiError, ApiResult};
-use crate::extract::{Body, Query};
+use crate::error::ApiResult;
+use crate::extract::{Body, Query, body_error};
 
 /// Longest `wait` a poll may ask for, kept below common client timeouts.
 const MAX_POLL_WAIT: u64 = 50;
@@ -119,19 +119,11 @@ pub async fn stdin(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<Job>> {
     let data = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::new(
-                ErrorCode::PayloadTooLarge,
-                format!(
-                    "a job takes at most {MAX_JOB_STDIN} bytes of stdin per request: send it in pieces"
-                ),
+        body_error(rejection, || {
+            format!(
+                "a job takes at most {MAX_JOB_STDIN} bytes of stdin per request: send it in pieces"
             )
-        } else {
-            ApiError::new(
-                ErrorCode::BadRequest,
-                format!("the request body could not be read: {rejection}"),
-            )
-        }
+        })
     })?;
     Ok(Json(
         s.service
