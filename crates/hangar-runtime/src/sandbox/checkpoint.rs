@@ -159,19 +159,18 @@ impl SandboxDriver {
             .map_err(SandboxError::io("opening the machine's mount namespace"))?;
 
         let storage = self.storage.clone();
-        let checkpoint_id = checkpoint.to_string();
-        let (id, checkpoint) = (id.clone(), checkpoint.to_string());
+        let (machine, cp) = (id.clone(), checkpoint.to_string());
         let (staged, old_root) = tokio::task::spawn_blocking(move || {
-            let staged = storage.stage(&id, &checkpoint)?;
+            let staged = storage.stage(&machine, &cp)?;
             let pivoted = reroot::detached_overlay(&lower, &staged.upper(), &staged.work())
                 .map_err(SandboxError::Boot)
                 .and_then(|root| {
                     // The overlay holds its directories, not their names: swapping
                     // the names now leaves the new mount on the new layer.
-                    storage.swap(&id, &staged)?;
+                    storage.swap(&machine, &staged)?;
                     reroot::pivot(ns.into(), root, carry).map_err(|e| {
-                        if let Err(back) = storage.swap(&id, &staged) {
-                            tracing::error!(machine = %id, error = %back, "swapping the old layer back");
+                        if let Err(back) = storage.swap(&machine, &staged) {
+                            tracing::error!(machine = %machine, error = %back, "swapping the old layer back");
                         }
                         SandboxError::Boot(e)
                     })
@@ -199,7 +198,7 @@ impl SandboxDriver {
             }
         });
         // A robot that rewound once will likely rewind to the same point again.
-        self.spare_later(&spec.machine_id, &checkpoint_id);
+        self.spare_later(id, checkpoint);
         Ok(())
     }
 
