@@ -732,130 +732,166 @@ struct RawHeader {
     values: Vec<String>,
 }
 
-/// Parses and checks `config.checks`; absent is no checks. Keyed by check name.
+/// Parses and checks `config.checks` and every `config.services[].checks`; absent is
+/// no checks. Keyed by check name: a service's checks have none in Fly's API and are
+/// named `servicecheck-NN-<type>-<port>` in the order they appear.
 pub fn checks(config: &MachineConfig) -> Result<BTreeMap<String, CheckConfig>> {
-    let value = match config.extra.get("checks") {
-        None | Some(serde_json::Value::Null) => return Ok(BTreeMap::new()),
-        Some(v) => v,
-    };
-    let raw: BTreeMap<String, RawCheck> = serde_json::from_value(value.clone()).map_err(|e| {
-        Error::invalid_config(format!(
-            "config.checks is not valid ({e}): use {{\"alive\": {{\"type\": \"http\", \"port\": 8080, \"path\": \"/healthz\", \"interval\": \"10s\", \"timeout\": \"2s\"}}}}"
-        ))
-    })?;
-    if raw.len() > MAX_CHECKS {
-        return Err(Error::invalid_config(format!(
-            "config.checks has {} checks: a machine has at most {MAX_CHECKS}",
-            raw.len()
-        )));
-    }
     let mut out = BTreeMap::new();
-    for (name, c) in raw {
-        let bad = |why: String| Error::invalid_config(format!("config.checks.{name}.{why}"));
-        if name.is_empty() || name.len() > 64 || name.chars().any(|ch| ch.is_control()) {
-            return Err(Error::invalid_config(format!(
-                "config.checks has a check named {name:?}: use a short name such as \"alive\""
-            )));
-        }
-        let kind = match c.kind.as_deref() {
-            None | Some("tcp") => CheckKind::Tcp,
-            Some("http") => CheckKind::Http,
-            Some(other) => {
-                return Err(bad(format!(
-                    "type {other:?} is not known: use \"tcp\" or \"http\""
-                )));
-            }
-        };
-        let port = match c.port {
-            Some(p) if (1..=65535).contains(&p) => p as u16,
-            Some(p) => return Err(bad(format!("port {p} is not a port: use 1 to 65535"))),
-            None => {
-                return Err(bad(
-                    "port is required: name the port the check connects to, often the service's internal_port".into(),
-                ));
-            }
-        };
-        let duration = |field: &str, v: &Option<serde_json::Value>, default| -> Result<_> {
-            let Some(v) = v else { return Ok(default) };
-            let d = parse_duration(v).map_err(|_| {
-                bad(format!(
-                    "{field} {v} is not a duration: use a Go duration such as \"10s\" or \"500ms\""
+    if let Some(value) = config.extra.get("checks").filter(|v| !v.is_null()) {
+        let raw: BTreeMap<String, RawCheck> =
+            serde_json::from_value(value.clone()).map_err(|e| {
+                Error::invalid_config(format!(
+                    "config.checks is not valid ({e}): use {{\"alive\": {{\"type\": \"http\", \"port\": 8080, \"path\": \"/healthz\", \"interval\": \"10s\", \"timeout\": \"2s\"}}}}"
                 ))
             })?;
-            if d > MAX_CHECK_DURATION {
-                return Err(bad(format!("{field} {v} is longer than an hour")));
+        for (name, c) in raw {
+            if name.is_empty() || name.len() > 64 || name.chars().any(|ch| ch.is_control()) {
+                return Err(Error::invalid_config(format!(
+                    "config.checks has a check named {name:?}: use a short name such as \"alive\""
+                )));
             }
-            Ok(d)
+            let check = check(c, None, &format!("config.checks.{name}"))?;
+            out.insert(name, check);
+        }
+    }
+    let services = config.extra.get("services").and_then(|v| v.as_array());
+    let mut n = 0;
+    for (i, s) in services.into_iter().flatten().enumerate() {
+        let Some(list) = s.get("checks").filter(|v| !v.is_null()) else {
+            continue;
         };
-        let interval = duration("interval", &c.interval, DEFAULT_CHECK_INTERVAL)?;
-        if interval < MIN_CHECK_INTERVAL {
-            return Err(bad(format!(
-                "interval is {interval:?}: checks run at most every {MIN_CHECK_INTERVAL:?}"
-            )));
+        let raw: Vec<RawCheck> = serde_json::from_value(list.clone()).map_err(|e| {
+            Error::invalid_config(format!(
+                "config.services[{i}].checks is not valid ({e}): use [{{\"type\": \"http\", \"path\": \"/healthz\", \"interval\": \"10s\"}}]"
+            ))
+        })?;
+        let internal_port = s
+            .get("internal_port")
+            .and_then(|p| p.as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .filter(|p| *p != 0);
+        for (j, c) in raw.into_iter().enumerate() {
+            let check = check(
+                c,
+                internal_port,
+                &format!("config.services[{i}].checks[{j}]"),
+            )?;
+            let kind = match check.kind {
+                CheckKind::Tcp => "tcp",
+                CheckKind::Http => "http",
+            };
+            out.insert(format!("servicecheck-{n:02}-{kind}-{}", check.port), check);
+            n += 1;
         }
-        let timeout = duration("timeout", &c.timeout, DEFAULT_CHECK_TIMEOUT)?;
-        if timeout.is_zero() {
-            return Err(bad("timeout must be more than zero, such as \"2s\"".into()));
-        }
-        let grace_period = duration("grace_period", &c.grace_period, Default::default())?;
-        let method = c
-            .method
-            .unwrap_or_else(|| "GET".into())
-            .to_ascii_uppercase();
-        if !["GET", "HEAD"].contains(&method.as_str()) {
-            return Err(bad(format!(
-                "method {method:?} is not supported: use \"GET\" or \"HEAD\""
-            )));
-        }
-        let path = c.path.unwrap_or_else(|| "/".into());
-        if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
-            return Err(bad(format!(
-                "path {path:?} must start with '/' and have no spaces or control characters"
-            )));
-        }
-        match c.protocol.as_deref() {
-            None | Some("http") => {}
-            Some(other) => {
-                return Err(bad(format!(
-                    "protocol {other:?} is not supported: checks speak plain \"http\" to the machine"
-                )));
-            }
-        }
-        let mut headers = Vec::new();
-        for h in c.headers {
-            let valid_name = !h.name.is_empty()
-                && h.name
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
-            if !valid_name
-                || h.values
-                    .iter()
-                    .any(|v| v.bytes().any(|b| b.is_ascii_control()))
-            {
-                return Err(bad(format!(
-                    "headers has {:?}: a header name is letters, digits and '-', and values have no control characters",
-                    h.name
-                )));
-            }
-            for v in h.values {
-                headers.push((h.name.clone(), v));
-            }
-        }
-        out.insert(
-            name.clone(),
-            CheckConfig {
-                kind,
-                port,
-                interval,
-                timeout,
-                grace_period,
-                method,
-                path,
-                headers,
-            },
-        );
+    }
+    if out.len() > MAX_CHECKS {
+        return Err(Error::invalid_config(format!(
+            "config.checks and config.services[].checks hold {} checks: a machine has at most {MAX_CHECKS}",
+            out.len()
+        )));
     }
     Ok(out)
+}
+
+/// One check, its fields named from `field` in errors; `default_port` is a service's
+/// internal port, which its checks connect to unless they name another.
+fn check(c: RawCheck, default_port: Option<u16>, field: &str) -> Result<CheckConfig> {
+    let bad = |why: String| Error::invalid_config(format!("{field}.{why}"));
+    let kind = match c.kind.as_deref() {
+        None | Some("tcp") => CheckKind::Tcp,
+        Some("http") => CheckKind::Http,
+        Some(other) => {
+            return Err(bad(format!(
+                "type {other:?} is not known: use \"tcp\" or \"http\""
+            )));
+        }
+    };
+    let port = match (c.port, default_port) {
+        (Some(p), _) if (1..=65535).contains(&p) => p as u16,
+        (Some(p), _) => return Err(bad(format!("port {p} is not a port: use 1 to 65535"))),
+        (None, Some(p)) => p,
+        (None, None) => {
+            return Err(bad(
+                    "port is required: name the port the check connects to, often the service's internal_port".into(),
+                ));
+        }
+    };
+    let duration = |field: &str, v: &Option<serde_json::Value>, default| -> Result<_> {
+        let Some(v) = v else { return Ok(default) };
+        let d = parse_duration(v).map_err(|_| {
+            bad(format!(
+                "{field} {v} is not a duration: use a Go duration such as \"10s\" or \"500ms\""
+            ))
+        })?;
+        if d > MAX_CHECK_DURATION {
+            return Err(bad(format!("{field} {v} is longer than an hour")));
+        }
+        Ok(d)
+    };
+    let interval = duration("interval", &c.interval, DEFAULT_CHECK_INTERVAL)?;
+    if interval < MIN_CHECK_INTERVAL {
+        return Err(bad(format!(
+            "interval is {interval:?}: checks run at most every {MIN_CHECK_INTERVAL:?}"
+        )));
+    }
+    let timeout = duration("timeout", &c.timeout, DEFAULT_CHECK_TIMEOUT)?;
+    if timeout.is_zero() {
+        return Err(bad("timeout must be more than zero, such as \"2s\"".into()));
+    }
+    let grace_period = duration("grace_period", &c.grace_period, Default::default())?;
+    let method = c
+        .method
+        .unwrap_or_else(|| "GET".into())
+        .to_ascii_uppercase();
+    if !["GET", "HEAD"].contains(&method.as_str()) {
+        return Err(bad(format!(
+            "method {method:?} is not supported: use \"GET\" or \"HEAD\""
+        )));
+    }
+    let path = c.path.unwrap_or_else(|| "/".into());
+    if !path.starts_with('/') || path.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+        return Err(bad(format!(
+            "path {path:?} must start with '/' and have no spaces or control characters"
+        )));
+    }
+    match c.protocol.as_deref() {
+        None | Some("http") => {}
+        Some(other) => {
+            return Err(bad(format!(
+                "protocol {other:?} is not supported: checks speak plain \"http\" to the machine"
+            )));
+        }
+    }
+    let mut headers = Vec::new();
+    for h in c.headers {
+        let valid_name = !h.name.is_empty()
+            && h.name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_".contains(&b));
+        if !valid_name
+            || h.values
+                .iter()
+                .any(|v| v.bytes().any(|b| b.is_ascii_control()))
+        {
+            return Err(bad(format!(
+                "headers has {:?}: a header name is letters, digits and '-', and values have no control characters",
+                h.name
+            )));
+        }
+        for v in h.values {
+            headers.push((h.name.clone(), v));
+        }
+    }
+    Ok(CheckConfig {
+        kind,
+        port,
+        interval,
+        timeout,
+        grace_period,
+        method,
+        path,
+        headers,
+    })
 }
 
 #[cfg(test)]
@@ -887,6 +923,53 @@ mod check_tests {
         assert_eq!(alive.headers, [("X-Probe".to_string(), "1".to_string())]);
         assert_eq!(c["port"].kind, CheckKind::Tcp);
         assert_eq!(c["port"].interval, DEFAULT_CHECK_INTERVAL);
+    }
+
+    #[test]
+    fn service_checks_connect_to_their_service_port() {
+        let mut c = with_checks(serde_json::json!({"alive": {"port": 22}}));
+        c.extra.insert(
+            "services".into(),
+            serde_json::json!([
+                {"internal_port": 8080, "checks": [{"type": "http", "path": "/up"}, {}]},
+                {"internal_port": 9090, "checks": [{"port": 9091}]}
+            ]),
+        );
+        let checks = checks(&c).unwrap();
+        let names: Vec<&str> = checks.keys().map(String::as_str).collect();
+        assert_eq!(
+            names,
+            [
+                "alive",
+                "servicecheck-00-http-8080",
+                "servicecheck-01-tcp-8080",
+                "servicecheck-02-tcp-9091"
+            ]
+        );
+        assert_eq!(checks["servicecheck-00-http-8080"].path, "/up");
+
+        c.extra.insert(
+            "services".into(),
+            serde_json::json!([{"internal_port": 8080, "checks": [{"type": "udp"}]}]),
+        );
+        let err = validate(&c).unwrap_err();
+        assert!(
+            err.public_message()
+                .contains("config.services[0].checks[0].type"),
+            "{}",
+            err.public_message()
+        );
+        let many: Vec<serde_json::Value> = (0..MAX_CHECKS).map(|_| serde_json::json!({})).collect();
+        c.extra.insert(
+            "services".into(),
+            serde_json::json!([{"internal_port": 8080, "checks": many}]),
+        );
+        assert!(
+            validate(&c)
+                .unwrap_err()
+                .public_message()
+                .contains("at most 16")
+        );
     }
 
     #[test]
