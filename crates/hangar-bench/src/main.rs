@@ -388,7 +388,7 @@ fn busybox_rootfs() -> Result<tempfile::TempDir> {
 }
 
 struct Daemon {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     child: Child,
     api: String,
     proxy: Option<String>,
@@ -429,7 +429,7 @@ impl Daemon {
             .trim()
             .to_string();
         Ok(Daemon {
-            _dir: dir,
+            dir,
             child,
             api,
             proxy: proxy_addr,
@@ -443,8 +443,14 @@ impl Daemon {
 }
 
 impl Drop for Daemon {
+    /// Leaves the host as it was: the daemon stops on SIGTERM (machines were
+    /// destroyed by each benchmark), then what outlives a daemon by design goes too:
+    /// the machines' bridge and firewall tables, and its mounts and loop devices.
     fn drop(&mut self) {
-        let _ = self.child.kill();
+        // SAFETY: plain kill(2) on our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
         let _ = self.child.wait();
+        hangar_net::remove_installation(self.dir.path());
+        hangar_runtime::teardown::release_mounts(self.dir.path());
     }
 }

@@ -25,3 +25,15 @@ pub enum NetError {
     #[error("{0}")]
     Config(String),
 }
+
+/// Removes what an installation's network keeps on the host by design after its
+/// daemon exits (machines may still run): its bridge and firewall tables. For tests
+/// and benchmarks that bring a daemon up, destroy its machines and take it away.
+pub fn remove_installation(data_dir: &std::path::Path) {
+    let inst = alloc::Installation::from_data_dir(data_dir);
+    let _ = std::process::Command::new("ip")
+        .args(["link", "del", &inst.bridge_name()])
+        .stderr(std::process::Stdio::null())
+        .status();
+    let _ = firewall::remove(&inst.table_name());
+}

@@ -195,12 +195,7 @@ impl Daemon {
         }
         // The bridge and firewall tables outlive the daemon by design (machines keep
         // running); with every machine gone, remove them too.
-        let inst = hangar_net::alloc::Installation::from_data_dir(self.dir.path());
-        let _ = Command::new("ip")
-            .args(["link", "del", &inst.bridge_name()])
-            .stderr(Stdio::null())
-            .status();
-        let _ = hangar_net::firewall::remove(&inst.table_name());
+        hangar_net::remove_installation(self.dir.path());
     }
 }
 
@@ -211,40 +206,9 @@ impl Drop for Daemon {
     }
 }
 
-/// Unmounts whatever is mounted under `dir` (the daemon's btrfs image for writable
-/// layers stays mounted by design when it exits) and detaches loop devices backed by
-/// files in it, so the temporary data dir can go.
+/// Unmounts whatever is mounted under `dir` and detaches its loop devices.
 pub fn release_mounts(dir: &Path) {
-    let Ok(dir) = dir.canonicalize() else { return };
-    let mountinfo = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    let mut points: Vec<PathBuf> = mountinfo
-        .lines()
-        .filter_map(|l| l.split_whitespace().nth(4))
-        .map(|p| PathBuf::from(p.replace("\\040", " ")))
-        .filter(|p| p.starts_with(&dir))
-        .collect();
-    // Deepest first.
-    points.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
-    for point in points {
-        let status = Command::new("umount").arg(&point).status();
-        if !status.is_ok_and(|s| s.success()) {
-            let _ = Command::new("umount").arg("-l").arg(&point).status();
-        }
-    }
-    let Ok(loops) = std::fs::read_dir("/sys/block") else {
-        return;
-    };
-    for dev in loops.flatten() {
-        let name = dev.file_name().to_string_lossy().into_owned();
-        let backing =
-            std::fs::read_to_string(dev.path().join("loop/backing_file")).unwrap_or_default();
-        if name.starts_with("loop") && Path::new(backing.trim()).starts_with(&dir) {
-            let _ = Command::new("losetup")
-                .arg("-d")
-                .arg(format!("/dev/{name}"))
-                .status();
-        }
-    }
+    hangar_runtime::teardown::release_mounts(dir);
 }
 
 /// A root filesystem with Debian's static busybox and its applets.
