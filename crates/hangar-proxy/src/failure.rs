@@ -53,6 +53,14 @@ pub enum ProxyError {
     Replay(String),
 }
 
+/// Whether a client's `Accept` asks for JSON.
+pub(crate) fn wants_json(request_headers: &HeaderMap) -> bool {
+    request_headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|a| a.contains("json"))
+}
+
 impl ProxyError {
     fn status(&self) -> StatusCode {
         use ProxyError::*;
@@ -86,11 +94,8 @@ impl ProxyError {
         }
     }
 
-    pub(crate) fn response(&self, request_headers: &HeaderMap, request_id: &str) -> Response<Body> {
-        let json = request_headers
-            .get(header::ACCEPT)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|a| a.contains("json"));
+    /// The answer to the client; `json` when it accepts JSON (see [`wants_json`]).
+    pub(crate) fn response(&self, json: bool, request_id: &str) -> Response<Body> {
         let (ty, body) = if json {
             (
                 "application/json",

@@ -1,7 +1,8 @@
 //! Relaying one request: choose the machine (steering headers, replays, MCP
-//! sessions, load), wake it if needed, dial its port through the driver, and stream
-//! the request and response through untouched except for hop-by-hop and forwarding
-//! headers. Upgrades (WebSocket) become a byte pipe once both sides agree.
+//! sessions, load), wake it if needed, reach its port over a kept connection or one
+//! the driver dials, and stream the request and response through untouched except
+//! for hop-by-hop and forwarding headers (HTTP/1.1 to the machine, see `h1.rs`).
+//! Upgrades (WebSocket) become a byte pipe once both sides agree.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -9,15 +10,17 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{Request, Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, combinators::BoxBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
 use crate::Proxy;
 use crate::failure::ProxyError;
-use crate::pool::{Key, Returning, Sender, keeps_alive};
+use crate::h1::{self, BodyFraming, Conn, Outgoing, RequestHead};
+use crate::pool::Key;
 use crate::route::{Candidate, InFlight, Target, parse_host};
+use tokio::io::AsyncWriteExt;
 
 pub(crate) type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = BoxBody<Bytes, BoxError>;
@@ -91,7 +94,7 @@ fn header_str(headers: &HeaderMap, name: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-fn is_upgrade(headers: &HeaderMap) -> bool {
+pub(crate) fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
         && headers
             .get_all(header::CONNECTION)
@@ -125,65 +128,128 @@ fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
     }
 }
 
+/// `Host` as the client sent it, `X-Forwarded-For/-Proto/-Host`, and the request id
+/// (as `x-request-id` and Fly's `fly-request-id`).
+fn forwarding_headers(
+    h: &mut HeaderMap,
+    host: &str,
+    peer: SocketAddr,
+    https: bool,
+    request_id: &str,
+) {
+    if let Ok(v) = HeaderValue::from_str(host) {
+        h.insert(header::HOST, v.clone());
+        h.insert("x-forwarded-host", v);
+    }
+    let forwarded_for = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
+        Some(prev) => format!("{prev}, {}", peer.ip()),
+        None => peer.ip().to_string(),
+    };
+    h.insert(
+        "x-forwarded-for",
+        HeaderValue::from_str(&forwarded_for).expect("ip is ascii"),
+    );
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if https { "https" } else { "http" }),
+    );
+    let id = HeaderValue::from_str(request_id).expect("hex");
+    h.insert("x-request-id", id.clone());
+    h.insert("fly-request-id", id);
+}
+
 /// The request body, either kept (so it can be replayed) or streamed once.
 enum ReqBody {
     Kept(Bytes),
     Stream(Option<Incoming>),
 }
 
+/// A request body as a listener hands it over.
+pub(crate) enum ClientBody {
+    /// Read in full already.
+    Collected(Bytes),
+    /// Still arriving through hyper.
+    Incoming(Incoming),
+}
+
 impl Proxy {
+    /// A request hyper read (HTTPS, HTTP/2, and what the plain listener hands over).
+    pub(crate) async fn handle_hyper(
+        self: &Arc<Self>,
+        mut req: Request<Incoming>,
+        peer: SocketAddr,
+        https: bool,
+    ) -> Response<Body> {
+        let upgrade = is_upgrade(req.headers()).then(|| hyper::upgrade::on(&mut req));
+        let (parts, incoming) = req.into_parts();
+        self.handle(parts, ClientBody::Incoming(incoming), upgrade, peer, https)
+            .await
+    }
+
+    /// Relays a request, or answers why it could not be; `upgrade` is the client's
+    /// side of a protocol switch it asked for.
     pub(crate) async fn handle(
         self: &Arc<Self>,
-        req: Request<Incoming>,
+        parts: http::request::Parts,
+        body: ClientBody,
+        upgrade: Option<hyper::upgrade::OnUpgrade>,
         peer: SocketAddr,
         https: bool,
     ) -> Response<Body> {
         let request_id = crate::tls::random_hex(16);
-        let headers = req.headers().clone();
-        match self.relay(req, peer, https, &request_id).await {
+        let json = crate::failure::wants_json(&parts.headers);
+        match self
+            .relay(parts, body, upgrade, peer, https, &request_id)
+            .await
+        {
             Ok(resp) => resp,
             Err(err) => {
                 tracing::info!(%request_id, code = err.code(), %err, "proxy request failed");
-                err.response(&headers, &request_id)
+                err.response(json, &request_id)
             }
         }
     }
 
     async fn relay(
         self: &Arc<Self>,
-        mut req: Request<Incoming>,
+        parts: http::request::Parts,
+        client_body: ClientBody,
+        client_upgrade: Option<hyper::upgrade::OnUpgrade>,
         peer: SocketAddr,
         https: bool,
         request_id: &str,
     ) -> Result<Response<Body>, ProxyError> {
-        let host = header_str(req.headers(), "host")
-            .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        let host = header_str(&parts.headers, "host")
+            .or_else(|| parts.uri.authority().map(|a| a.to_string()))
             .unwrap_or_default();
         let target = parse_host(&host, &self.options.base_domain)
             .ok_or_else(|| ProxyError::UnknownHost(host.clone()))?;
         let public_port = if https { 443 } else { 80 };
-        let upgrade = is_upgrade(req.headers());
-        let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+        let upgrade = client_upgrade.is_some();
 
-        let (parts, incoming) = req.into_parts();
-        let small = parts
+        let length = parts
             .headers
             .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok())
+            .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        let small = length
             .map(|n| n <= MAX_REPLAY_BODY)
             .unwrap_or(!parts.headers.contains_key(header::TRANSFER_ENCODING));
-        let mut body = if small && !upgrade {
-            let bytes = http_body_util::Limited::new(incoming, MAX_REPLAY_BODY as usize)
-                .collect()
-                .await
-                .map_err(|e| ProxyError::Upstream {
-                    machine: "-".into(),
-                    why: format!("reading the request body: {e}"),
-                })?
-                .to_bytes();
-            ReqBody::Kept(bytes)
-        } else {
-            ReqBody::Stream(Some(incoming))
+        let mut body = match client_body {
+            // An upgrade request has no body; what follows it is the new protocol.
+            _ if upgrade => ReqBody::Kept(Bytes::new()),
+            ClientBody::Collected(bytes) => ReqBody::Kept(bytes),
+            ClientBody::Incoming(incoming) if small => {
+                let bytes = http_body_util::Limited::new(incoming, MAX_REPLAY_BODY as usize)
+                    .collect()
+                    .await
+                    .map_err(|e| ProxyError::Upstream {
+                        machine: "-".into(),
+                        why: format!("reading the request body: {e}"),
+                    })?
+                    .to_bytes();
+                ReqBody::Kept(bytes)
+            }
+            ClientBody::Incoming(incoming) => ReqBody::Stream(Some(incoming)),
         };
 
         let mut steer = Steer {
@@ -202,69 +268,62 @@ impl Proxy {
             // A session lives in one machine's memory: follow it even if it sleeps.
             steer.force = Some(id);
         }
+
+        // The head every machine tried gets, encoded once.
+        let framing = match (&body, length) {
+            (ReqBody::Kept(b), None) if b.is_empty() => BodyFraming::None,
+            (ReqBody::Kept(b), _) => BodyFraming::Length(b.len() as u64),
+            (ReqBody::Stream(_), Some(n)) => BodyFraming::Length(n),
+            (ReqBody::Stream(_), None) => BodyFraming::Chunked,
+        };
+        let mut headers = parts.headers;
+        strip_hop_by_hop(&mut headers, upgrade);
+        // The body's framing is the proxy's to say; a 100-continue was answered here.
+        headers.remove(header::CONTENT_LENGTH);
+        headers.remove(header::EXPECT);
+        forwarding_headers(&mut headers, &host, peer, https, request_id);
+        let head = RequestHead::new(
+            &parts.method,
+            parts.uri.path_and_query().map_or("/", |p| p.as_str()),
+            &headers,
+            framing,
+        );
+        let idempotent = matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+        );
         let mut replay_src: Option<String> = None;
 
         for hop in 0..=MAX_REPLAYS {
             let candidate = self.choose(&target, &steer, public_port).await?;
             let id = candidate.id().to_string();
-            let upstream = self.upstream(&candidate, upgrade).await?;
-
-            let mut up = Request::builder()
-                .method(parts.method.clone())
-                .uri(parts.uri.path_and_query().map_or("/", |p| p.as_str()))
-                .version(http::Version::HTTP_11)
-                .body(match &mut body {
-                    ReqBody::Kept(b) => full(b.clone()),
-                    ReqBody::Stream(s) => match s.take() {
-                        Some(s) => s.map_err(|e| Box::new(e) as BoxError).boxed(),
-                        None => return Err(ProxyError::Replay("the request body was streamed to the first machine (over 1 MB or chunked) and cannot be sent again".into())),
-                    },
-                })
-                .expect("request parts from a valid request");
-            let h = up.headers_mut();
-            *h = parts.headers.clone();
-            strip_hop_by_hop(h, upgrade);
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                h.insert(header::HOST, v);
-            }
-            let forwarded_for = match h.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-                Some(prev) => format!("{prev}, {}", peer.ip()),
-                None => peer.ip().to_string(),
+            let outgoing = match &mut body {
+                ReqBody::Kept(b) => Outgoing::Full(b.clone()),
+                ReqBody::Stream(s) => match s.take() {
+                    Some(s) => Outgoing::Stream(s),
+                    None => {
+                        return Err(ProxyError::Replay(
+                            "the request body was streamed to the first machine (over 1 MB or chunked) and cannot be sent again".into(),
+                        ));
+                    }
+                },
             };
-            h.insert(
-                "x-forwarded-for",
-                HeaderValue::from_str(&forwarded_for).expect("ip is ascii"),
-            );
-            h.insert(
-                "x-forwarded-proto",
-                HeaderValue::from_static(if https { "https" } else { "http" }),
-            );
-            if let Ok(v) = HeaderValue::from_str(&host) {
-                h.insert("x-forwarded-host", v);
-            }
-            h.insert(
-                "x-request-id",
-                HeaderValue::from_str(request_id).expect("hex"),
-            );
-            h.insert(
-                "fly-request-id",
-                HeaderValue::from_str(request_id).expect("hex"),
-            );
-            if let Some(src) = &replay_src
-                && let Ok(v) = HeaderValue::from_str(src)
-            {
-                h.insert("fly-replay-src", v);
-            }
+            let extra: Vec<(&str, &str)> = replay_src
+                .as_deref()
+                .map(|src| ("fly-replay-src", src))
+                .into_iter()
+                .collect();
 
             self.begin(&candidate.app, &id);
             let guard = InFlight {
                 proxy: self.clone(),
                 id: id.clone(),
             };
-            let (mut resp, sender) = self.exchange(&candidate, upstream, up).await?;
-            let reusable = !upgrade && keeps_alive(resp.version(), resp.headers());
+            let (conn, resp) = self
+                .exchange(&candidate, upgrade, idempotent, &head, &extra, outgoing)
+                .await?;
 
-            if let Some(value) = header_str(resp.headers(), "fly-replay")
+            if let Some(value) = header_str(&resp.headers, "fly-replay")
                 && hop < MAX_REPLAYS
             {
                 let replay = parse_replay(&value);
@@ -286,55 +345,63 @@ impl Proxy {
                 continue;
             }
 
-            if let Some(s) = header_str(resp.headers(), "mcp-session-id") {
+            if let Some(s) = header_str(&resp.headers, "mcp-session-id") {
                 self.remember_session(&target.app, &s, &id).await;
             }
 
-            if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            if resp.status == StatusCode::SWITCHING_PROTOCOLS
                 && let Some(client_upgrade) = client_upgrade
             {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
                 tokio::spawn(async move {
                     let _guard = guard;
-                    if let (Ok(c), Ok(u)) = (client_upgrade.await, upstream_upgrade.await) {
-                        let _ = tokio::io::copy_bidirectional(
-                            &mut TokioIo::new(c),
-                            &mut TokioIo::new(u),
-                        )
-                        .await;
+                    let (early, mut machine) = conn.into_upgraded();
+                    let Ok(client) = client_upgrade.await else {
+                        return;
+                    };
+                    let mut client = TokioIo::new(client);
+                    if !early.is_empty() && client.write_all(&early).await.is_err() {
+                        return;
                     }
+                    let _ = tokio::io::copy_bidirectional(&mut client, &mut machine).await;
                 });
-                let (mut rp, _) = resp.into_parts();
-                rp.headers.insert(
+                let mut out = Response::new(full(Bytes::new()));
+                *out.status_mut() = resp.status;
+                *out.headers_mut() = resp.headers;
+                out.headers_mut().insert(
                     "x-request-id",
                     HeaderValue::from_str(request_id).expect("hex"),
                 );
-                return Ok(Response::from_parts(rp, full(Bytes::new())));
+                return Ok(out);
             }
 
-            let (mut rp, incoming) = resp.into_parts();
-            strip_hop_by_hop(&mut rp.headers, false);
-            rp.headers.insert(
-                "x-request-id",
-                HeaderValue::from_str(request_id).expect("hex"),
-            );
+            if resp.status == StatusCode::SWITCHING_PROTOCOLS {
+                return Err(ProxyError::Upstream {
+                    machine: id,
+                    why: "it switched protocols without being asked to".into(),
+                });
+            }
+
             // The guard lives as long as the body stream: a long SSE stream counts
             // as load until it ends. The connection is reused once the body ended.
             let key = Key {
                 machine: id,
-                port: candidate.service.internal_port,
+                port: candidate.service().internal_port,
             };
-            let home = reusable.then(|| (self.pool.clone(), key, sender));
-            let body = Returning::new(incoming, home, Some(guard))
-                .map_err(|e| Box::new(e) as BoxError)
-                .boxed();
-            return Ok(Response::from_parts(rp, body));
+            let body = h1::Response::new(conn, &resp, Some((self.pool.clone(), key)), Some(guard));
+            let mut out = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed());
+            *out.status_mut() = resp.status;
+            *out.headers_mut() = resp.headers;
+            strip_hop_by_hop(out.headers_mut(), false);
+            out.headers_mut().insert(
+                "x-request-id",
+                HeaderValue::from_str(request_id).expect("hex"),
+            );
+            return Ok(out);
         }
         Err(ProxyError::Replay(format!(
             "more than {MAX_REPLAYS} replays in a row"
         )))
     }
-
     async fn choose(
         &self,
         target: &Target,
@@ -385,74 +452,61 @@ impl Proxy {
     }
 
     /// A connection to the candidate's port: an idle kept one when there is one (not
-    /// for upgrades, which always get their own), else a new one. `true` with a kept
-    /// connection.
-    async fn upstream(&self, c: &Candidate, upgrade: bool) -> Result<(Sender, bool), ProxyError> {
+    /// for upgrades, which always get their own), else a new one.
+    async fn upstream(&self, c: &Candidate, upgrade: bool) -> Result<Conn, ProxyError> {
         if !upgrade {
             let key = Key {
                 machine: c.id().to_string(),
-                port: c.service.internal_port,
+                port: c.service().internal_port,
             };
-            // One still finishing an earlier exchange (a request body the machine
-            // answered before reading) is left to finish and not waited for.
-            while let Some(sender) = self.pool.take(&key) {
-                if sender.is_ready() {
-                    return Ok((sender, true));
-                }
+            if let Some(conn) = self.pool.take(&key) {
+                return Ok(conn);
             }
         }
-        Ok((self.dial(c, upgrade).await?, false))
+        Ok(Conn::new(self.connect_ready(c).await?))
     }
 
-    /// A new HTTP/1.1 connection to the candidate's port, waiting for it to accept.
-    async fn dial(&self, c: &Candidate, upgrade: bool) -> Result<Sender, ProxyError> {
-        let stream = self.connect_ready(c).await?;
-        let (sender, conn) = hyper::client::conn::http1::Builder::new()
-            .handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ProxyError::Upstream {
-                machine: c.id().to_string(),
-                why: e.to_string(),
-            })?;
-        if upgrade {
-            tokio::spawn(async move {
-                let _ = conn.with_upgrades().await;
-            });
-        } else {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-        }
-        Ok(sender)
-    }
-
-    /// Sends `up` and waits for the response head. A kept connection that turns out
-    /// closed before the request was written sends it once more on a new one.
+    /// Sends the request and waits for the response head. A kept connection that the
+    /// machine closed as the request went out sends an idempotent request once more,
+    /// on a new connection.
     async fn exchange(
         &self,
         c: &Candidate,
-        (mut sender, kept): (Sender, bool),
-        up: Request<Body>,
-    ) -> Result<(Response<Incoming>, Sender), ProxyError> {
+        upgrade: bool,
+        idempotent: bool,
+        head: &RequestHead,
+        extra: &[(&str, &str)],
+        body: Outgoing,
+    ) -> Result<(Conn, h1::Head), ProxyError> {
         let id = c.id();
-        let upstream_error = |e: hyper::Error| ProxyError::Upstream {
+        let failed = |e: h1::Error| ProxyError::Upstream {
             machine: id.to_string(),
             why: e.to_string(),
         };
-        let up = match tokio::time::timeout(UPSTREAM_TIMEOUT, sender.try_send_request(up)).await {
-            Err(_) => return Err(ProxyError::UpstreamTimeout(id.to_string())),
-            Ok(Ok(resp)) => return Ok((resp, sender)),
-            Ok(Err(mut e)) => match e.take_message() {
-                // Nothing was sent: the machine had closed it while it was idle.
-                Some(up) if kept => up,
-                _ => return Err(upstream_error(e.into_error())),
-            },
+        let again = match &body {
+            Outgoing::Full(b) if idempotent => Some(b.clone()),
+            _ => None,
         };
-        let mut sender = self.dial(c, false).await?;
-        match tokio::time::timeout(UPSTREAM_TIMEOUT, sender.send_request(up)).await {
+        let mut conn = self.upstream(c, upgrade).await?;
+        let sent = tokio::time::timeout(UPSTREAM_TIMEOUT, conn.send(head, extra, body)).await;
+        let body = match sent {
+            Err(_) => return Err(ProxyError::UpstreamTimeout(id.to_string())),
+            Ok(Ok(resp)) => return Ok((conn, resp)),
+            Ok(Err(h1::Error::ClosedEarly)) if conn.reused && again.is_some() => {
+                again.expect("checked")
+            }
+            Ok(Err(e)) => return Err(failed(e)),
+        };
+        let mut conn = Conn::new(self.connect_ready(c).await?);
+        match tokio::time::timeout(
+            UPSTREAM_TIMEOUT,
+            conn.send(head, extra, Outgoing::Full(body)),
+        )
+        .await
+        {
             Err(_) => Err(ProxyError::UpstreamTimeout(id.to_string())),
-            Ok(Err(e)) => Err(upstream_error(e)),
-            Ok(Ok(resp)) => Ok((resp, sender)),
+            Ok(Err(e)) => Err(failed(e)),
+            Ok(Ok(resp)) => Ok((conn, resp)),
         }
     }
 
@@ -463,7 +517,7 @@ impl Proxy {
             machine: c.id().into(),
             why: "bad machine id".into(),
         })?;
-        let port = c.service.internal_port;
+        let port = c.service().internal_port;
         let deadline = Instant::now() + self.options.start_timeout;
         let mut changes = self.service.subscribe();
         let mut backoff = Duration::from_millis(2);

@@ -7,6 +7,8 @@
 
 mod failure;
 mod forward;
+mod front;
+mod h1;
 mod pool;
 mod route;
 mod routes;
@@ -184,7 +186,7 @@ impl Proxy {
             let tls = tls.clone();
             tokio::spawn(async move {
                 match tls {
-                    None => proxy.connection(TokioIo::new(stream), peer, false).await,
+                    None => front::connection(proxy, stream, peer).await,
                     Some(acceptor) => match acceptor.accept(stream).await {
                         Ok(stream) => proxy.connection(TokioIo::new(stream), peer, true).await,
                         Err(err) => tracing::debug!(%peer, %err, "TLS handshake failed"),
@@ -194,14 +196,15 @@ impl Proxy {
         }
     }
 
-    async fn connection<I>(self: Arc<Self>, io: I, peer: SocketAddr, https: bool)
+    /// Serves a connection with hyper: HTTP/1.1 or HTTP/2, upgrades included.
+    pub(crate) async fn connection<I>(self: Arc<Self>, io: I, peer: SocketAddr, https: bool)
     where
         I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
     {
         let proxy = self.clone();
         let service = hyper::service::service_fn(move |req| {
             let proxy = proxy.clone();
-            async move { Ok::<_, std::convert::Infallible>(proxy.handle(req, peer, https).await) }
+            async move { Ok::<_, std::convert::Infallible>(proxy.handle_hyper(req, peer, https).await) }
         });
         let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
         if let Err(err) = builder.serve_connection_with_upgrades(io, service).await {

@@ -2,14 +2,15 @@
 //! machines' `config.services` say which internal port serves the public port, and
 //! steering headers, load and machine state pick among them.
 
+use std::sync::Arc;
 use std::time::Instant;
 
 use hangar_core::config::{self, Autostop, ServiceConfig};
 use hangar_core::service::Caller;
-use hangar_types::Machine;
 
 use crate::Proxy;
 use crate::failure::ProxyError;
+use crate::routes::Routed;
 
 /// What a Host names.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,55 +39,54 @@ pub fn parse_host(host: &str, base_domain: &str) -> Option<Target> {
     Some(Target { app, machine })
 }
 
-/// A machine that can serve the request, with the port to dial.
+/// A machine that can serve the request, with the service whose port to dial.
 #[derive(Debug, Clone)]
 pub(crate) struct Candidate {
-    pub app: String,
-    pub machine: Machine,
-    pub service: ServiceConfig,
+    pub app: Arc<str>,
+    pub machine: Arc<Routed>,
+    service: usize,
+    /// A health check of the started machine last failed.
+    failing: bool,
 }
 
 impl Candidate {
     pub fn id(&self) -> &str {
         &self.machine.id
     }
+    pub fn service(&self) -> &ServiceConfig {
+        &self.machine.services[self.service]
+    }
     pub fn started(&self) -> bool {
         self.machine.state == "started"
     }
     /// A started machine one of whose health checks last failed.
     pub fn failing(&self) -> bool {
-        self.started()
-            && self
-                .machine
-                .checks
-                .iter()
-                .any(|c| c.status == hangar_core::service::health::CRITICAL)
+        self.started() && self.failing
     }
     pub fn can_wake(&self) -> bool {
         matches!(
             self.machine.state.as_str(),
             "stopped" | "suspended" | "created"
-        ) && self.service.autostart.unwrap_or(true)
+        ) && self.service().autostart.unwrap_or(true)
     }
 }
 
 /// The service of `machine` that publishes `public_port`: one listing that port, or
 /// else one with an `http`/`tls` handler (documented: any HTTP service answers on
 /// both listeners when no service names the port).
-fn service_for(machine: &Machine, public_port: u16) -> Option<ServiceConfig> {
-    let services = config::services(&machine.config).ok()?;
+fn service_for(machine: &Routed, public_port: u16) -> Option<usize> {
+    let services = &machine.services;
     let wanted = if public_port == 443 { "tls" } else { "http" };
     services
         .iter()
-        .find(|s| s.serves(public_port))
+        .position(|s| s.serves(public_port))
         .or_else(|| {
-            services.iter().find(|s| {
+            services.iter().position(|s| {
                 s.ports
                     .iter()
                     .any(|p| p.handlers.iter().any(|h| h == wanted || h == "http"))
             })
         })
-        .cloned()
 }
 
 impl Proxy {
@@ -101,23 +101,22 @@ impl Proxy {
             .await
             .map_err(|_| ProxyError::UnknownApp(target.app.clone()))?;
         let exist = !machines.is_empty();
+        let app: Arc<str> = Arc::from(target.app.as_str());
         let found: Vec<Candidate> = machines
             .iter()
             .filter(|m| m.state != "destroyed" && m.state != "destroying")
             .filter(|m| target.machine.as_deref().is_none_or(|id| id == m.id))
             .filter_map(|m| {
-                service_for(m, public_port).map(|service| {
-                    let mut machine = m.clone();
+                service_for(m, public_port).map(|service| Candidate {
+                    app: app.clone(),
+                    machine: m.clone(),
+                    service,
                     // The cached list follows state changes, not check results:
                     // those are read live.
-                    if let Some(id) = hangar_core::MachineId::parse(&m.id) {
-                        machine.checks = self.service.check_statuses(&id);
-                    }
-                    Candidate {
-                        app: target.app.clone(),
-                        machine,
-                        service,
-                    }
+                    failing: m
+                        .machine_id
+                        .as_ref()
+                        .is_some_and(|id| self.service.failing_checks(id)),
                 })
             })
             .collect();
@@ -158,7 +157,7 @@ impl Proxy {
         let turn = self.turn.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for (i, c) in started.iter().enumerate() {
             let n = load.get(c.id()).map_or(0, |l| l.in_flight);
-            let limits = c.service.concurrency.as_ref();
+            let limits = c.service().concurrency.as_ref();
             if limits
                 .and_then(|l| l.hard_limit)
                 .is_some_and(|h| n >= h as usize)
@@ -204,17 +203,23 @@ impl Proxy {
 
     pub(crate) fn begin(&self, app: &str, id: &str) {
         let mut load = self.load.lock().expect("load table poisoned");
-        let l = load.entry(id.to_string()).or_default();
-        l.app = app.to_string();
+        if !load.contains_key(id) {
+            load.insert(id.to_string(), crate::Load::default());
+        }
+        let l = load.get_mut(id).expect("inserted above");
+        if l.app != app {
+            l.app = app.to_string();
+        }
         l.in_flight += 1;
         l.last_active = Some(Instant::now());
     }
 
     pub(crate) fn end(&self, id: &str) {
         let mut load = self.load.lock().expect("load table poisoned");
-        let l = load.entry(id.to_string()).or_default();
-        l.in_flight = l.in_flight.saturating_sub(1);
-        l.last_active = Some(Instant::now());
+        if let Some(l) = load.get_mut(id) {
+            l.in_flight = l.in_flight.saturating_sub(1);
+            l.last_active = Some(Instant::now());
+        }
     }
 }
 

@@ -11,9 +11,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use hangar_core::MachineId;
+use hangar_core::config::{self, ServiceConfig};
 use hangar_core::service::StateChange;
 use hangar_core::state::MachineState;
-use hangar_types::Machine;
 use tokio::sync::broadcast::{self, error::TryRecvError};
 
 use crate::Proxy;
@@ -24,8 +25,21 @@ pub(crate) const FRESH_FOR: Duration = Duration::from_secs(1);
 /// How often idle upstream connections are swept.
 const SWEEP_EVERY: Duration = Duration::from_secs(10);
 
+/// One machine as routing sees it, its services parsed once when its app's list is
+/// read rather than on every request.
+#[derive(Debug)]
+pub(crate) struct Routed {
+    pub id: String,
+    pub machine_id: Option<MachineId>,
+    pub state: String,
+    pub services: Vec<ServiceConfig>,
+}
+
+/// An app's machines, in the order they were created.
+pub(crate) type Machines = Arc<Vec<Arc<Routed>>>;
+
 /// An app's machines and when they were read.
-type Kept = (Arc<Vec<Machine>>, Instant);
+type Kept = (Machines, Instant);
 
 pub(crate) struct Routes {
     apps: Mutex<HashMap<String, Kept>>,
@@ -76,7 +90,7 @@ impl Routes {
         }
     }
 
-    fn get(&self, app: &str) -> Option<Arc<Vec<Machine>>> {
+    fn get(&self, app: &str) -> Option<Machines> {
         let apps = self.apps.lock().expect("route cache poisoned");
         let (machines, read) = apps.get(app)?;
         (read.elapsed() < FRESH_FOR).then(|| machines.clone())
@@ -89,21 +103,25 @@ impl Routes {
 
 impl Proxy {
     /// The app's machines (not destroyed), from the cache or else the service.
-    pub(crate) async fn machines(&self, app: &str) -> hangar_core::Result<Arc<Vec<Machine>>> {
+    pub(crate) async fn machines(&self, app: &str) -> hangar_core::Result<Machines> {
         self.routes.sync(&self.pool);
         if let Some(machines) = self.routes.get(app) {
             return Ok(machines);
         }
         let generation = self.routes.generation.load(Ordering::SeqCst);
-        let machines: Vec<Machine> = self
+        let machines: Vec<Arc<Routed>> = self
             .service
             .list_machines(app, false)
             .await?
             .into_iter()
-            .map(|mut m| {
-                // Routing never looks at them; they would only be copied around.
-                m.events.clear();
-                m
+            .map(|m| {
+                Arc::new(Routed {
+                    machine_id: MachineId::parse(&m.id),
+                    // Checked when the machine was created or updated.
+                    services: config::services(&m.config).unwrap_or_default(),
+                    id: m.id,
+                    state: m.state,
+                })
             })
             .collect();
         let machines = Arc::new(machines);

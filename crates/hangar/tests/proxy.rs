@@ -487,3 +487,84 @@ async fn failing_health_checks_take_machines_out_of_rotation() {
             .is_empty()
     );
 }
+
+/// Everything the proxy answers on a connection until it closes it.
+async fn exchange_raw(proxy: &str, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(proxy).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection after the last answer")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn plain_http_pipelines_speaks_http10_and_hands_the_rest_over() {
+    let app = unique("proxyh1");
+    let Some((daemon, client)) = setup(&app).await else {
+        return;
+    };
+    let a = launch(&client, &app, web_config()).await;
+    let port = daemon.proxy.rsplit_once(':').unwrap().1.to_string();
+    let http = http_client(&app, &[&a], &daemon.proxy);
+    ready(
+        &http,
+        &format!("http://{app}.hangar.localhost:{port}/cgi-bin/id"),
+        &a,
+    )
+    .await;
+    let host = format!("{app}.hangar.localhost");
+
+    // Three requests in one write are answered in order on the one connection; the
+    // HEAD answer has no body, and the last request's `Connection: close` is kept.
+    let answer = exchange_raw(
+        &daemon.proxy,
+        &format!(
+            "GET /cgi-bin/id HTTP/1.1\r\nHost: {host}\r\n\r\n\
+             HEAD /cgi-bin/id HTTP/1.1\r\nHost: {host}\r\n\r\n\
+             GET /cgi-bin/id HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+        ),
+    )
+    .await;
+    assert_eq!(answer.matches("HTTP/1.1 200 OK\r\n").count(), 3, "{answer}");
+    assert_eq!(answer.matches(a.as_str()).count(), 2, "{answer}");
+    assert!(answer.ends_with("0\r\n\r\n"), "{answer}");
+    assert!(answer.to_ascii_lowercase().contains("x-request-id: "));
+
+    // An HTTP/1.0 client gets the body up to the close, not chunks.
+    let answer = exchange_raw(
+        &daemon.proxy,
+        &format!("GET /cgi-bin/id HTTP/1.0\r\nHost: {host}\r\n\r\n"),
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(
+        !answer.to_ascii_lowercase().contains("transfer-encoding"),
+        "{answer}"
+    );
+    assert!(answer.contains(&format!("\r\n\r\n{a} ")), "{answer}");
+
+    // HTTP/2 with prior knowledge on the plain listener is handed to hyper.
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .resolve(&host, daemon.proxy.parse().unwrap())
+        .build()
+        .unwrap();
+    let resp = h2
+        .get(format!("http://{host}:{port}/cgi-bin/id"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), reqwest::Version::HTTP_2);
+    assert_eq!(first_word(&resp.text().await.unwrap()), a);
+
+    // What is not HTTP gets a 400 and a closed connection.
+    let answer = exchange_raw(&daemon.proxy, "NOT HTTP AT ALL\r\n\r\n").await;
+    assert!(
+        answer.starts_with("HTTP/1.1 400 Bad Request\r\n"),
+        "{answer}"
+    );
+}

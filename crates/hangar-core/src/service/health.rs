@@ -73,6 +73,18 @@ impl Service {
         }
     }
 
+    /// Whether one of the machine's checks is `critical` right now (what the edge
+    /// proxy asks on every request, so it copies nothing).
+    pub fn failing_checks(&self, id: &MachineId) -> bool {
+        self.health.lock().get(id).is_some_and(|c| {
+            c.results
+                .lock()
+                .expect("check results poisoned")
+                .values()
+                .any(|s| s.status == CRITICAL)
+        })
+    }
+
     /// How many machines have checks running right now.
     pub fn checked_machines(&self) -> usize {
         self.health.len()
