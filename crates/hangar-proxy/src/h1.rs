@@ -11,9 +11,10 @@
 //! closes (and then the connection is not kept). Trailers are read and dropped.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker, ready};
+use std::task::{Context, Poll, ready};
 
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -305,8 +306,13 @@ impl Conn {
             headers.append(name, value);
         }
         self.buf.advance(len);
-        let framing = framing(status, head_method, &headers)?;
+        let framing = body_framing(status, head_method, &headers)?;
+        // A HEAD answer has no body whatever it says; a server that would have ended
+        // the body of a GET by closing may still send one, or close: not kept.
+        let delimited =
+            !head_method || body_framing(status, false, &headers)? != Framing::UntilClose;
         let keep_alive = framing != Framing::UntilClose
+            && delimited
             && status != StatusCode::SWITCHING_PROTOCOLS
             && keeps_alive(version, &headers);
         Ok(Some(Head {
@@ -324,16 +330,24 @@ impl Conn {
     }
 
     /// Whether an idle connection is still open with nothing unread: the machine has
-    /// not closed it, and sent nothing while it was idle (which only a close or an
-    /// error could be). Costs no system call unless the socket was seen readable.
+    /// not closed it, and sent nothing while it was idle (which only a close, an
+    /// error or a server that misframed its last answer could be). Asks the socket
+    /// itself, not what the reactor last saw, so bytes that just arrived count.
     pub fn is_idle_open(&self) -> bool {
         if !self.buf.is_empty() {
             return false;
         }
-        let mut one = [0u8; 1];
-        let mut probe = tokio::io::ReadBuf::new(&mut one);
-        let mut cx = Context::from_waker(Waker::noop());
-        matches!(self.io.poll_peek(&mut cx, &mut probe), Poll::Pending)
+        let mut one = 0u8;
+        // SAFETY: a one-byte peek into a valid buffer on a socket this owns.
+        let n = unsafe {
+            libc::recv(
+                self.io.as_raw_fd(),
+                (&raw mut one).cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        n < 0 && io::Error::last_os_error().kind() == io::ErrorKind::WouldBlock
     }
 
     /// Reads more of the response into the buffer once the socket is readable;
@@ -388,7 +402,11 @@ fn is_reset(e: &io::Error) -> bool {
     )
 }
 
-fn framing(status: StatusCode, head_method: bool, headers: &HeaderMap) -> Result<Framing, Error> {
+fn body_framing(
+    status: StatusCode,
+    head_method: bool,
+    headers: &HeaderMap,
+) -> Result<Framing, Error> {
     if head_method
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -776,6 +794,29 @@ mod tests {
         let body = Response::new(conn, &head, Some((pool.clone(), key())), None);
         assert_eq!(body.collect().await.unwrap().to_bytes(), "all of it");
         assert_eq!(pool.idle(&key()), 0);
+    }
+
+    #[tokio::test]
+    async fn a_head_answer_is_kept_only_from_a_server_that_frames_its_bodies() {
+        let head = RequestHead::new(&Method::HEAD, "/", &HeaderMap::new(), BodyFraming::None);
+        for (answer, kept) in [
+            (
+                &b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n\r\n"[..],
+                false,
+            ),
+            (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", true),
+            (
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n",
+                true,
+            ),
+        ] {
+            let mut conn = machine(vec![answer]).await;
+            let resp = conn
+                .send(&head, &[], Outgoing::Full(Bytes::new()))
+                .await
+                .unwrap();
+            assert_eq!(resp.keep_alive, kept, "{}", String::from_utf8_lossy(answer));
+        }
     }
 
     #[test]
