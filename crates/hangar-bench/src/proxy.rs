@@ -3,7 +3,8 @@
 //! body, keeping the connection open (`/`) or closing it after each answer (`/close`,
 //! as busybox `httpd` does); the same server is loaded once through the proxy
 //! (`Host: <app>.hangar.localhost`) and once directly on the machine's private IPv4
-//! address, with the same in-process HTTP/1.1 load generator. `--sse-idle N` then
+//! address, with the same in-process HTTP/1.1 load generator; with `--nginx`, also
+//! through nginx in front of the same server, as a peer. `--sse-idle N` then
 //! holds N server-sent event streams open through the proxy and reports the daemon's
 //! memory per stream. Last, a stopped machine is woken by one request and timed to its
 //! first response byte.
@@ -33,6 +34,8 @@ pub struct Options {
     pub conns: usize,
     pub wake_runs: usize,
     pub sse_idle: usize,
+    /// Also load nginx in front of the same server, as a peer.
+    pub nginx: bool,
 }
 
 pub fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
@@ -41,6 +44,7 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
         conns: 64,
         wake_runs: 30,
         sse_idle: 0,
+        nginx: false,
     };
     let mut args = args;
     while let Some(arg) = args.next() {
@@ -50,8 +54,9 @@ pub fn parse(args: impl Iterator<Item = String>) -> Result<Options> {
             "--conns" => options.conns = value()?,
             "--wake-runs" => options.wake_runs = value()?,
             "--sse-idle" => options.sse_idle = value()?,
+            "--nginx" => options.nginx = true,
             other => bail!(
-                "unknown argument {other}; use --requests N, --conns N, --wake-runs N, --sse-idle N"
+                "unknown argument {other}; use --requests N, --conns N, --wake-runs N, --sse-idle N, --nginx"
             ),
         }
     }
@@ -141,6 +146,12 @@ async fn run(
             }
             None => None,
         };
+        // The peer: nginx as a reverse proxy to the same server, keeping upstream
+        // connections alive, when it is installed.
+        let nginx = match &direct {
+            Some((addr, _)) if options.nginx => Some(Nginx::start(*addr).await?),
+            _ => None,
+        };
         // Keep-alive at the asked-for connections and at one (no queueing, so the
         // proxy's own latency shows), then a server that closes after each answer.
         let cases = [
@@ -154,25 +165,41 @@ async fn run(
             } else {
                 options.requests
             };
-            // Warm both paths, then alternate so drift on the shared host hits both.
+            // Warm every path, then alternate so drift on the shared host hits all.
             let warm = (requests / 10).max(conns);
             if let Some((addr, h)) = &direct {
                 load(*addr, h, path, conns, warm).await?;
             }
             load(proxy, &host, path, conns, warm).await?;
+            if let Some(n) = &nginx {
+                load(n.addr, &host, path, conns, warm).await?;
+            }
             let mut through = Vec::new();
             let mut straight = Vec::new();
+            let mut peer = Vec::new();
             for _ in 0..2 {
                 if let Some((addr, h)) = &direct {
                     straight.push(load(*addr, h, path, conns, requests).await?);
                 }
                 through.push(load(proxy, &host, path, conns, requests).await?);
+                if let Some(n) = &nginx {
+                    peer.push(load(n.addr, &host, path, conns, requests).await?);
+                }
             }
             for (i, p) in through.iter().enumerate() {
                 let d = straight.get(i);
                 rows.push(load_row(&format!("{what}, round {}", i + 1), conns, p, d));
+                if let Some(n) = peer.get(i) {
+                    rows.push(load_row(
+                        &format!("nginx: {what}, round {}", i + 1),
+                        conns,
+                        n,
+                        d,
+                    ));
+                }
             }
         }
+        drop(nginx);
 
         let mut extra = Vec::new();
         if options.sse_idle > 0 {
@@ -189,6 +216,59 @@ async fn run(
     .await;
     let _ = client.destroy_machine(APP, &m.id, true).await;
     result
+}
+
+/// nginx in front of the machine's server, as a peer: one process per core, upstream
+/// keep-alive, no buffering, no access log.
+struct Nginx {
+    addr: SocketAddr,
+    child: std::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    async fn start(upstream: SocketAddr) -> Result<Nginx> {
+        let dir = tempfile::Builder::new()
+            .prefix("hangar-bench-nginx-")
+            .tempdir()?;
+        let addr = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?;
+        let d = dir.path().display();
+        let conf = format!(
+            "daemon off;\nworker_processes auto;\nuser root;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 4096; }}\n\
+             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+               fastcgi_temp_path {d}/fastcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+               upstream machine {{ server {upstream}; keepalive 256; }}\n\
+               server {{\n    listen {addr};\n    location / {{\n      proxy_pass http://machine;\n\
+                 proxy_http_version 1.1;\n      proxy_set_header Connection \"\";\n\
+                 proxy_set_header Host $host;\n      proxy_set_header X-Forwarded-For $remote_addr;\n\
+                 proxy_buffering off;\n    }}\n  }}\n}}\n"
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf)?;
+        let child = std::process::Command::new("nginx")
+            .arg("-p")
+            .arg(dir.path())
+            .arg("-c")
+            .arg(dir.path().join("nginx.conf"))
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("starting nginx (install nginx-light, or leave out --nginx)")?;
+        let nginx = Nginx {
+            addr,
+            child,
+            _dir: dir,
+        };
+        wait_ok(addr, "nginx").await.context("nginx answering")?;
+        Ok(nginx)
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        // SAFETY: plain kill(2) on our own child; nginx's master stops its workers.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
 }
 
 /// A process' resident set size in KiB, from `/proc/PID/status`.

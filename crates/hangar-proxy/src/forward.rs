@@ -196,7 +196,7 @@ impl Proxy {
         peer: SocketAddr,
         https: bool,
     ) -> Response<Body> {
-        let request_id = crate::tls::random_hex(16);
+        let request_id = crate::tls::request_id();
         let json = crate::failure::wants_json(&parts.headers);
         match self
             .relay(parts, body, upgrade, peer, https, &request_id)

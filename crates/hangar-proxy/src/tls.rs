@@ -46,6 +46,12 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> TlsError {
     move |source| TlsError::Io { context, source }
 }
 
+/// A request id: 128 random bits from the thread's generator, as 32 hex digits (no
+/// system call, one allocation: it is made for every request).
+pub(crate) fn request_id() -> String {
+    format!("{:032x}", rand::random::<u128>())
+}
+
 pub fn random_hex(bytes: usize) -> String {
     use rand::RngCore;
     let mut b = vec![0u8; bytes];
