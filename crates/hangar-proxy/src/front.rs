@@ -131,22 +131,17 @@ async fn next_request(stream: &mut TcpStream, buf: &mut BytesMut) -> io::Result<
             stream.readable().await?;
         }
         buf.reserve(4096);
-        match stream.try_read_buf(buf) {
-            Ok(0) if buf.is_empty() => return Ok(Next::Closed),
-            Ok(0) => {
+        // Read through the stream (not `try_read`): a short read marks the socket
+        // drained, so the next wait costs no system call.
+        match tokio::io::AsyncReadExt::read_buf(stream, buf).await? {
+            0 if buf.is_empty() => return Ok(Next::Closed),
+            0 => {
                 return Ok(Next::Refuse(
                     StatusCode::BAD_REQUEST,
                     "the connection closed in the middle of a request head",
                 ));
             }
-            Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                if buf.is_empty() {
-                    *buf = BytesMut::new();
-                }
-                stream.readable().await?;
-            }
-            Err(e) => return Err(e),
+            _ => {}
         }
     };
 

@@ -353,17 +353,13 @@ impl Conn {
     /// Reads more of the response into the buffer once the socket is readable;
     /// `Ok(0)` when the machine has closed it.
     fn poll_fill(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<usize>> {
-        loop {
-            ready!(self.io.poll_read_ready(cx))?;
-            if self.buf.capacity() - self.buf.len() < 1024 {
-                self.buf.reserve(READ_CHUNK);
-            }
-            match self.io.try_read_buf(&mut self.buf) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
-            }
+        ready!(self.io.poll_read_ready(cx))?;
+        if self.buf.capacity() - self.buf.len() < 1024 {
+            self.buf.reserve(READ_CHUNK);
         }
+        // A read through the stream (not `try_read`) lets tokio mark a socket it
+        // drained as not ready, sparing the next wait a system call.
+        tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.buf)
     }
 
     /// Up to `max` buffered bytes, handed out without copying. An emptied buffer
