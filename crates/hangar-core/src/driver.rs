@@ -319,7 +319,9 @@ pub trait Driver: Send + Sync + 'static {
     async fn exec(&self, id: &MachineId, exec: &ExecSpec) -> Result<ExecOutput, DriverError>;
 
     /// [`Driver::exec`], also handing output to `sink` while the command runs. The
-    /// returned output is all of it, streamed or not.
+    /// returned output is all of it, streamed or not. A driver that can tell calls
+    /// `sink` once with empty stdout as soon as the command runs (and can be sent
+    /// stdin); others never call it with nothing.
     async fn exec_streaming(
         &self,
         id: &MachineId,

@@ -137,7 +137,9 @@ pub enum Response {
         exit: Option<ExitInfo>,
     },
     Exec(ExecReply),
-    /// A piece of a streaming exec's output, as it was written.
+    /// A piece of a streaming exec's output, as it was written. The first line of a
+    /// streaming exec is an empty piece of stdout: the command runs, and input sent
+    /// from then on finds it.
     Output {
         stderr: bool,
         #[serde(with = "base64")]

@@ -822,6 +822,22 @@ impl Init {
             linger_until: None,
             timed_out: false,
         });
+        // A streaming exec's client hears at once that it runs: input it sends from
+        // now on (on another connection) finds the exec here.
+        if let Some(e) = self.execs.last_mut()
+            && e.stream
+            && e.conn >= 0
+        {
+            let line = proto::encode_line(&Response::Output {
+                stderr: false,
+                data: Vec::new(),
+            });
+            let _ = sys::set_nonblocking(e.conn, false);
+            if sys::write_all(e.conn, &line).is_err() {
+                e.stream = false;
+            }
+            let _ = sys::set_nonblocking(e.conn, true);
+        }
     }
 
     fn exec_output(&mut self, fd: RawFd) {

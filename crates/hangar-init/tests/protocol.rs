@@ -238,6 +238,17 @@ fn a_named_exec_takes_stdin_while_it_runs_until_eof() {
     conn.write_all(&hangar_init::proto::encode_line(&req))
         .unwrap();
     let mut reader = BufReader::new(conn);
+    // First word: it runs (an empty piece of stdout), so input may be sent now.
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(
+        serde_json::from_str::<Response>(&line).unwrap(),
+        Response::Output {
+            stderr: false,
+            data: Vec::new()
+        },
+        "{line}"
+    );
     // The first line came with the request; the command answers it and keeps reading.
     let mut line = String::new();
     reader.read_line(&mut line).unwrap();

@@ -220,6 +220,10 @@ fn render(entry: &JobEntry, cursor: u64, stderr_cursor: u64) -> Job {
     }
 }
 
+/// How long creating a job waits to hear its process runs before answering anyway
+/// (a machine started by an older init never says).
+const JOB_START_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Service {
     /// Starts a command in a started machine and returns at once.
     pub async fn create_job(self: &Arc<Self>, app: &str, id: &str, req: JobRequest) -> Result<Job> {
@@ -282,12 +286,21 @@ impl Service {
         }
         let service = Arc::clone(self);
         let (machine_id, job) = (machine.id.clone(), job_id.clone());
+        // Told when the process runs (the driver's empty first output) or the job
+        // ended, whichever comes first.
+        let running = Arc::new(tokio::sync::Notify::new());
+        let ended = Arc::clone(&running);
         let task = tokio::spawn(async move {
             let sink = {
                 let (service, machine_id, job) =
                     (Arc::clone(&service), machine_id.clone(), job.clone());
+                let running = Arc::clone(&ended);
                 move |stderr: bool, data: &[u8]| {
-                    service.jobs.append(&machine_id, &job, stderr, data)
+                    if data.is_empty() {
+                        running.notify_one();
+                    } else {
+                        service.jobs.append(&machine_id, &job, stderr, data)
+                    }
                 }
             };
             let result = service
@@ -312,6 +325,7 @@ impl Service {
                 Err(err) => (JobState::Failed(Error::from(err).public_message()), None),
             };
             service.jobs.finish(&machine_id, &job, state, out);
+            ended.notify_one();
         });
         self.jobs.with(|jobs| {
             if let Some(entry) = jobs
@@ -323,6 +337,8 @@ impl Service {
             }
         });
         metrics::counter!("hangar_jobs_started_total").increment(1);
+        // Input sent once this returns must find the process, not race its start.
+        let _ = tokio::time::timeout(JOB_START_WAIT, running.notified()).await;
         Ok(rendered)
     }
 
