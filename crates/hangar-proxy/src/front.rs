@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 
 use bytes::{Buf, Bytes, BytesMut};
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header;
 use http::{Method, Request, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as HttpBody;
@@ -219,18 +219,9 @@ fn parse_head(buf: &[u8]) -> Result<Option<Parsed>, (StatusCode, &'static str)> 
         .unwrap_or_default()
         .parse()
         .map_err(|_| bad("the request target is not a valid URI"))?;
-    let version = match parsed.version {
-        Some(0) => Version::HTTP_10,
-        _ => Version::HTTP_11,
-    };
-    let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-    for h in parsed.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes())
-            .map_err(|_| bad("a header name is not valid"))?;
-        let value =
-            HeaderValue::from_bytes(h.value).map_err(|_| bad("a header value is not valid"))?;
-        headers.append(name, value);
-    }
+    let version = crate::h1::version(parsed.version);
+    let headers =
+        crate::h1::header_map(parsed.headers).map_err(|_| bad("a header is not valid"))?;
     let keep_alive = crate::h1::keeps_alive(version, &headers);
     let (mut parts, ()) = Request::new(()).into_parts();
     parts.method = method;

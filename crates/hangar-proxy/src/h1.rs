@@ -293,18 +293,9 @@ impl Conn {
             .code
             .and_then(|c| StatusCode::from_u16(c).ok())
             .ok_or_else(|| Error::Malformed("its status code is not valid".into()))?;
-        let version = match parsed.version {
-            Some(0) => Version::HTTP_10,
-            _ => Version::HTTP_11,
-        };
-        let mut headers = HeaderMap::with_capacity(parsed.headers.len());
-        for h in parsed.headers.iter() {
-            let name = HeaderName::from_bytes(h.name.as_bytes())
-                .map_err(|_| Error::Malformed(format!("header name {:?}", h.name)))?;
-            let value = HeaderValue::from_bytes(h.value)
-                .map_err(|_| Error::Malformed(format!("the value of header {:?}", h.name)))?;
-            headers.append(name, value);
-        }
+        let version = version(parsed.version);
+        let headers = header_map(parsed.headers)
+            .map_err(|name| Error::Malformed(format!("header {name:?} is not valid")))?;
         self.buf.advance(len);
         let framing = body_framing(status, head_method, &headers)?;
         // A HEAD answer has no body whatever it says; a server that would have ended
@@ -387,6 +378,26 @@ impl Conn {
             None => Ok(None),
         }
     }
+}
+
+/// The HTTP version httparse read (`0` for HTTP/1.0, `1` for HTTP/1.1).
+pub(crate) fn version(minor: Option<u8>) -> Version {
+    match minor {
+        Some(0) => Version::HTTP_10,
+        _ => Version::HTTP_11,
+    }
+}
+
+/// The headers httparse read, as a map; the name of the first one that is not a valid
+/// header.
+pub(crate) fn header_map(parsed: &[httparse::Header<'_>]) -> Result<HeaderMap, String> {
+    let mut headers = HeaderMap::with_capacity(parsed.len());
+    for h in parsed {
+        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| h.name.to_string())?;
+        let value = HeaderValue::from_bytes(h.value).map_err(|_| h.name.to_string())?;
+        headers.append(name, value);
+    }
+    Ok(headers)
 }
 
 fn is_reset(e: &io::Error) -> bool {
