@@ -158,6 +158,18 @@ fn forwarding_headers(
     h.insert("fly-request-id", id);
 }
 
+/// The client's response: the machine's status and headers, the request id, `body`.
+fn answer(head: h1::Head, body: Body, request_id: &str) -> Response<Body> {
+    let mut out = Response::new(body);
+    *out.status_mut() = head.status;
+    *out.headers_mut() = head.headers;
+    out.headers_mut().insert(
+        "x-request-id",
+        HeaderValue::from_str(request_id).expect("hex"),
+    );
+    out
+}
+
 /// The request body, either kept (so it can be replayed) or streamed once.
 enum ReqBody {
     Kept(Bytes),
@@ -319,7 +331,7 @@ impl Proxy {
                 proxy: self.clone(),
                 id: id.clone(),
             };
-            let (conn, resp) = self
+            let (conn, mut resp) = self
                 .exchange(&candidate, upgrade, idempotent, &head, &extra, outgoing)
                 .await?;
 
@@ -364,14 +376,7 @@ impl Proxy {
                     }
                     let _ = tokio::io::copy_bidirectional(&mut client, &mut machine).await;
                 });
-                let mut out = Response::new(full(Bytes::new()));
-                *out.status_mut() = resp.status;
-                *out.headers_mut() = resp.headers;
-                out.headers_mut().insert(
-                    "x-request-id",
-                    HeaderValue::from_str(request_id).expect("hex"),
-                );
-                return Ok(out);
+                return Ok(answer(resp, full(Bytes::new()), request_id));
             }
 
             if resp.status == StatusCode::SWITCHING_PROTOCOLS {
@@ -388,20 +393,15 @@ impl Proxy {
                 port: candidate.service().internal_port,
             };
             let body = h1::Response::new(conn, &resp, Some((self.pool.clone(), key)), Some(guard));
-            let mut out = Response::new(body.map_err(|e| Box::new(e) as BoxError).boxed());
-            *out.status_mut() = resp.status;
-            *out.headers_mut() = resp.headers;
-            strip_hop_by_hop(out.headers_mut(), false);
-            out.headers_mut().insert(
-                "x-request-id",
-                HeaderValue::from_str(request_id).expect("hex"),
-            );
-            return Ok(out);
+            strip_hop_by_hop(&mut resp.headers, false);
+            let body = body.map_err(|e| Box::new(e) as BoxError).boxed();
+            return Ok(answer(resp, body, request_id));
         }
         Err(ProxyError::Replay(format!(
             "more than {MAX_REPLAYS} replays in a row"
         )))
     }
+
     async fn choose(
         &self,
         target: &Target,

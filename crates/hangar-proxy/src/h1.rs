@@ -516,11 +516,13 @@ impl Response {
         }
     }
 
-    fn fail(&mut self, why: impl Into<String>) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
+    /// The body cannot go on: the connection closes and the client's stream ends with
+    /// `err`.
+    fn fail(&mut self, err: Error) -> Poll<Option<Result<Frame<Bytes>, Error>>> {
         self.home = None;
         self.conn = None;
         self.framing = Framing::Done;
-        Poll::Ready(Some(Err(Error::Malformed(why.into()))))
+        Poll::Ready(Some(Err(err)))
     }
 }
 
@@ -555,7 +557,7 @@ impl HttpBody for Response {
                     return Poll::Ready(Some(Ok(Frame::data(conn.take(usize::MAX)))));
                 }
                 Framing::Chunked(state) => match chunk(conn, state) {
-                    Err(e) => return this.fail(e.to_string()),
+                    Err(e) => return this.fail(e),
                     Ok((next, data)) => {
                         this.framing = next;
                         if let Some(data) = data {
@@ -577,9 +579,14 @@ impl HttpBody for Response {
                     this.framing = Framing::Done;
                     return Poll::Ready(None);
                 }
-                Ok(0) => return this.fail("it closed the connection before the body ended"),
+                Ok(0) => {
+                    return this.fail(Error::Io(io::Error::new(
+                        io::ErrorKind::UnexpectedEof,
+                        "the machine closed the connection before the body ended",
+                    )));
+                }
                 Ok(_) => {}
-                Err(e) => return this.fail(e.to_string()),
+                Err(e) => return this.fail(Error::Io(e)),
             }
         }
     }
